@@ -1,0 +1,45 @@
+"""Shared pytest setup: CPU backend, float32, headless matplotlib, notebook runner."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo_root() -> pathlib.Path:
+    return REPO
+
+
+@pytest.fixture
+def run_notebook(tmp_path):
+    """Executes a notebook headless in ``tmp_path`` with ``ADVJAX_NOTEBOOK_SMOKE=1``.
+
+    Notebooks read that variable and shrink every size to a run of seconds. Returns the
+    executed notebook (nbformat node) so a test can assert on cell outputs.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    def _run(name: str, timeout: int = 600):
+        path = REPO / "notebooks" / name
+        nb = nbformat.read(path, as_version=4)
+        os.environ["ADVJAX_NOTEBOOK_SMOKE"] = "1"
+        os.environ["ADVJAX_REPO"] = str(REPO)
+        try:
+            NotebookClient(
+                nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+            ).execute()
+        finally:
+            os.environ.pop("ADVJAX_NOTEBOOK_SMOKE", None)
+        return nb
+
+    return _run
