@@ -93,6 +93,7 @@ DATA_SOURCES = Registry(
         "synthetic": "advjax.data.synthetic:load_synthetic",
         "tsipras_toy": "advjax.data.synthetic:load_tsipras_toy",
         "spurious": "advjax.data.spurious:load_spurious",
+        "moayeri_regression": "advjax.data.synthetic:load_moayeri_regression",
     },
 )
 
@@ -110,6 +111,7 @@ OBJECTIVES = Registry(
         "jacobian": "advjax.objectives.regularizers:build_jacobian",
         "fisher_kl": "advjax.objectives.fisher:build_fisher_kl",
         "interpretation": "advjax.objectives.interpretation:build_interpretation",
+        "squared_at": "advjax.objectives.regression:build_squared_at",
     },
 )
 
