@@ -1,0 +1,59 @@
+"""Training objectives: pure losses that the one train step differentiates.
+
+An objective is a `loss_fn(params, forward, batch, key, carry) -> (loss, aux)`:
+
+* ``forward.train(params, x) -> (logits, new_model_state)`` runs the model in training
+  mode (BatchNorm statistics update, dropout on); ``forward.eval(params, x) -> logits``
+  runs it in evaluation mode and is what inner maximisations attack, so generating
+  adversarial examples never changes BatchNorm statistics.
+* ``batch`` holds ``x`` and ``y`` and any per-example arrays that the objective asked
+  for through ``extra_train_arrays``.
+* ``aux`` holds ``model_state`` (from the last ``forward.train`` call), ``metrics``
+  (scalars, averaged over replays and logged) and, for objectives with ``uses_carry``,
+  ``carry``: a persistent perturbation shaped like ``batch["x"]`` (Free AT).
+
+Builders ``build_<name>(objective_config) -> Objective`` are registered by name in
+`advjax.registry.OBJECTIVES` and selected by ``config.train.objective.name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+
+class Forward(NamedTuple):
+    """The model as the objective sees it: a train-mode and an eval-mode call."""
+
+    train: Callable[[Any, jax.Array], tuple[jax.Array, Any]]
+    eval: Callable[[Any, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A training objective and how the train step should drive it.
+
+    Attributes:
+      loss_fn: ``(params, forward, batch, key, carry) -> (loss, aux)``.
+      replays: optimizer updates per batch, each a fresh ``loss_fn`` call on the same
+        batch (Free AT, Shafahi et al. 2019); 1 for every other objective.
+      uses_carry: whether ``loss_fn`` reads and returns a persistent perturbation.
+      extra_train_arrays: called once on the training `Dataset` before training;
+        returns per-example arrays (leading axis = training example) batched with x, y.
+    """
+
+    loss_fn: Callable[..., tuple[jax.Array, dict]]
+    replays: int = 1
+    uses_carry: bool = False
+    extra_train_arrays: Callable[[Any], dict] | None = None
+
+
+def build_objective(objective_config) -> Objective:
+    """Builds the objective named by ``objective_config.name``."""
+    from advjax.registry import OBJECTIVES
+
+    builder = OBJECTIVES.get(objective_config.name, key="train.objective.name")
+    return builder(objective_config)
