@@ -1,0 +1,84 @@
+"""Shared defaults for every advjax config.
+
+Each experiment config starts from `get_base_config()` and overrides what it needs.
+The returned ConfigDict is locked by the launcher, so a misspelt override such as
+``--config.train.lerning_rate`` fails before any compute.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def pgd_attack(*, norm: str = "linf", eps: float, step_size: float, num_steps: int,
+               random_start: bool = True, num_restarts: int = 1, loss: str = "ce"):
+    """An attack config for `advjax.attacks.pgd.build_pgd`."""
+    return ml_collections.ConfigDict(
+        dict(name="pgd", norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
+             random_start=random_start, num_restarts=num_restarts, loss=loss)
+    )
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict(
+        dict(
+            name="mnist",  # mnist | tfds:<name> | idx:<folder> | tsipras_toy | spurious | ...
+            num_train=0,  # 0 = all
+            num_test=0,  # 0 = all
+            num_val=0,  # training examples held out for validation / best checkpoint
+            seed=0,
+            data_dir="",  # TFDS data_dir
+            download=False,  # TFDS downloads (never on an offline machine)
+            cache_dir="",  # decoded-array cache (default ~/.cache/advjax)
+            crop_padding=0,  # augmentation: random crop after padding
+            flip=False,  # augmentation: random horizontal flip
+        )
+    )
+    c.model = ml_collections.ConfigDict(dict(name="small_cnn"))
+
+    c.train = ml_collections.ConfigDict()
+    c.train.objective = ml_collections.ConfigDict(dict(name="standard"))
+    c.train.batch_size = 128
+    c.train.num_epochs = 1.0
+    c.train.num_steps = 0  # > 0 overrides num_epochs
+    c.train.num_devices = 0  # 0 = all local devices (data parallel)
+    c.train.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adam",  # sgd | adam | adamw
+            learning_rate=1e-3,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=0.0,
+            grad_clip_norm=0.0,  # 0 = off
+            schedule="constant",  # constant | cosine | piecewise | cyclic
+            warmup_steps=0,
+            boundaries=[0.5, 0.75],  # piecewise: fractions of training
+            decay_factor=0.1,
+            cycle_peak=0.4,  # cyclic: fraction of training at the peak
+        )
+    )
+    c.train.eps_ramp_fraction = 0.0  # linear eps warm-up over this fraction of training
+    c.train.ema_decay = 0.0  # 0 = no EMA of parameters
+    c.train.log_every_steps = 50
+    c.train.eval_every_steps = 0  # 0 = once per epoch
+    c.train.val_examples = 1000  # examples of the validation split used in periodic evaluation
+    c.train.val_attack = pgd_attack(eps=0.3, step_size=0.1, num_steps=5)
+    c.train.early_stop_drop = 0.0  # > 0: stop when val robust acc falls this far below its best
+    c.train.progress = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 500
+    c.eval.num_examples = 0  # 0 = the whole test set
+    c.eval.attacks = ml_collections.ConfigDict(
+        dict(pgd20=pgd_attack(eps=0.3, step_size=0.01, num_steps=20))
+    )
+    c.eval.eps_grid = []
+    c.eval.sanity_checks = True
+    c.eval.use_best = False  # evaluate the best (val) checkpoint instead of the last
+
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3))
+    c.analysis = ml_collections.ConfigDict(dict(name=""))
+    return c
