@@ -1,0 +1,342 @@
+"""Core versus spurious features: reliance under adversarial training.
+
+Moayeri, Banihashem, Feizi 2022, "Explicit Tradeoffs between Adversarial and Natural
+Distributional Robustness" (arXiv 2209.07592).
+
+Theory (linear regression, section 3 of the paper; the data model is written out in
+``CoreSpuriousModel``): closed-form second moments, the adversarially optimal linear
+predictor for each l_p threat model over a sweep of radii (via
+`advjax.analysis.tradeoff.minimize_adversarial_risk`), the spurious-reliance share of a
+predictor and its error when the spurious correlation is flipped or removed at test time.
+
+Empirical metrics for image classifiers: accuracy under foreground-only / background-only
+Gaussian noise and the relative foreground sensitivity (RFS) of RIVAL10, the background gap
+of ImageNet-9 (accuracy on same minus random backgrounds) and worst-group accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advjax.analysis import tradeoff
+
+# ---------------------------------------------------------------------------------------
+# Linear-regression theory.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreSpuriousModel:
+    """Gaussian regression data with disjoint core and spurious feature sets.
+
+    ``y ~ N(0, 1)``; core features ``x_c = scale_core * (y 1 + noise_core n_c)``
+    (``d_core`` of them); spurious features
+    ``x_s = scale_spurious * (spurious_sign * y 1 + noise_spurious n_s)`` (``d_spurious``),
+    with ``n ~ N(0, I)``. Core features are the less noisy ones; the scale carries no
+    information but changes the norm penalty an adversary imposes. ``spurious_sign`` is 1 in
+    training and -1 (flipped) or 0 (removed) in a shifted test domain.
+    """
+
+    d_core: int = 1
+    d_spurious: int = 1
+    scale_core: float = 1.0
+    scale_spurious: float = 1.0
+    noise_core: float = 0.5
+    noise_spurious: float = 1.0
+    spurious_sign: float = 1.0
+
+    @property
+    def dim(self) -> int:
+        return self.d_core + self.d_spurious
+
+    def shifted(self, spurious_sign: float) -> CoreSpuriousModel:
+        """The same model with the spurious correlation set to ``spurious_sign``."""
+        return dataclasses.replace(self, spurious_sign=float(spurious_sign))
+
+    def scales(self) -> np.ndarray:
+        return np.concatenate(
+            [np.full(self.d_core, self.scale_core), np.full(self.d_spurious, self.scale_spurious)]
+        )
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(E[x x^T], E[x y], E[y^2])``.
+
+        ``E[x y] = c = scale * m`` with ``m = 1`` on core and ``spurious_sign`` on spurious
+        coordinates, and ``E[x x^T] = c c^T + diag(scale^2 noise^2)``.
+        """
+        scale = self.scales()
+        sign = np.concatenate([np.ones(self.d_core), np.full(self.d_spurious, self.spurious_sign)])
+        noise = np.concatenate(
+            [np.full(self.d_core, self.noise_core), np.full(self.d_spurious, self.noise_spurious)]
+        )
+        c = scale * sign
+        cov = np.outer(c, c) + np.diag((scale * noise) ** 2)
+        return cov.astype(np.float64), c.astype(np.float64), 1.0
+
+
+def spurious_reliance(w: jax.Array, model: CoreSpuriousModel) -> jax.Array:
+    """Scale-adjusted share of weight on spurious features.
+
+    ``rho(w) = sum_s |w_s| lambda_s / (sum_c |w_c| lambda_c + sum_s |w_s| lambda_s)``: the
+    share of the prediction's signal ``w_i lambda_i y`` that comes from spurious coordinates
+    (``lambda`` = feature scale). 0 = core only, 1 = spurious only.
+
+    Args:
+      w: weights ``[..., d_core + d_spurious]`` (core first).
+      model: the data model (its scales).
+
+    Returns:
+      ``rho`` over the leading axes.
+    """
+    contrib = jnp.abs(w) * jnp.asarray(model.scales(), jnp.float32)
+    spur = jnp.sum(contrib[..., model.d_core :], axis=-1)
+    total = jnp.sum(contrib, axis=-1)
+    return spur / jnp.where(total > 0, total, 1.0)
+
+
+def shifted_mse(
+    w: jax.Array,
+    model: CoreSpuriousModel,
+    *,
+    spurious_sign: float,
+    eps: float = 0.0,
+    norm: str = "l2",
+) -> jax.Array:
+    """Population (adversarial) squared error of ``w^T x`` on a shifted test domain.
+
+    Args:
+      w: weights ``[d]``.
+      model: training model.
+      spurious_sign: 1 (same correlation), 0 (removed) or -1 (flipped).
+      eps: test-time adversarial radius (0 = natural error).
+      norm: test-time threat model when ``eps > 0``.
+
+    Returns:
+      ``E (y - w^T x)^2`` (or its adversarial version) on the shifted distribution.
+    """
+    cov, c, vy = model.shifted(spurious_sign).moments()
+    return tradeoff.gaussian_adversarial_risk(
+        jnp.asarray(w, jnp.float32),
+        cov_xx=jnp.asarray(cov, jnp.float32),
+        cov_xy=jnp.asarray(c, jnp.float32),
+        var_y=vy,
+        norm=norm,
+        eps=eps,
+    )
+
+
+def reliance_sweep(
+    model: CoreSpuriousModel,
+    *,
+    eps_grid: Sequence[float],
+    norms: Sequence[str] = tradeoff.NORMS,
+    num_steps: int = 6000,
+    learning_rate: float = 0.05,
+) -> dict[str, dict[str, list[float]]]:
+    """Adversarially optimal predictors, their reliance and shifted-domain errors.
+
+    For each threat model, minimises the population adversarial risk over ``eps_grid``
+    (Moayeri et al. 2022, section 3) and evaluates the minimiser.
+
+    Returns:
+      ``{norm: {"eps", "weights", "reliance", "mse_same", "mse_removed", "mse_flipped",
+      "adv_risk"}}`` as lists (JSON-ready).
+    """
+    cov, c, vy = model.moments()
+    out: dict[str, dict[str, list]] = {}
+    for norm in norms:
+        weights = tradeoff.minimize_adversarial_risk(
+            cov_xx=cov,
+            cov_xy=c,
+            var_y=vy,
+            norm=norm,
+            eps_grid=eps_grid,
+            num_steps=num_steps,
+            learning_rate=learning_rate,
+        )
+        rows: dict[str, list] = {"eps": [float(e) for e in eps_grid], "weights": weights.tolist()}
+        rows["reliance"] = np.asarray(spurious_reliance(weights, model)).tolist()
+        for name, sign in (("mse_same", 1.0), ("mse_removed", 0.0), ("mse_flipped", -1.0)):
+            rows[name] = [float(shifted_mse(w, model, spurious_sign=sign)) for w in weights]
+        rows["adv_risk"] = [
+            float(
+                tradeoff.gaussian_adversarial_risk(
+                    w, cov_xx=jnp.asarray(cov), cov_xy=jnp.asarray(c), var_y=vy, norm=norm, eps=e
+                )
+            )
+            for w, e in zip(weights, eps_grid, strict=True)
+        ]
+        out[norm] = rows
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Image metrics: RFS (RIVAL10), BG-gap (ImageNet-9), worst-group accuracy (Waterbirds).
+# ---------------------------------------------------------------------------------------
+
+
+def relative_foreground_sensitivity(a_fg: float | jax.Array, a_bg: float | jax.Array):
+    """RIVAL10 relative foreground sensitivity.
+
+    ``RFS = (a_bg - a_fg) / (2 min(abar, 1 - abar))`` with ``abar = (a_fg + a_bg) / 2``, where
+    ``a_fg`` / ``a_bg`` are accuracies under foreground-only / background-only noise. In
+    [-1, 1]; +1 = only foreground noise hurts (the model reads the object), -1 = only
+    background noise hurts.
+    """
+    a_fg = jnp.asarray(a_fg, jnp.float32)
+    a_bg = jnp.asarray(a_bg, jnp.float32)
+    abar = 0.5 * (a_fg + a_bg)
+    denom = 2.0 * jnp.minimum(abar, 1.0 - abar)
+    return jnp.where(denom > 0, (a_bg - a_fg) / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+
+def region_noise(
+    x: jax.Array,
+    mask: jax.Array,
+    key: jax.Array,
+    *,
+    sigma: float,
+    region: str,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> jax.Array:
+    """Adds Gaussian noise of std ``sigma`` inside one region only, then clips to ``bounds``.
+
+    Args:
+      x: images ``[n, H, W, C]``.
+      mask: foreground masks ``[n, H, W]`` or ``[n, H, W, 1]`` (1 = object).
+      key: PRNG key.
+      sigma: noise standard deviation.
+      region: ``'fg'`` (noise on the object) or ``'bg'`` (noise on the background).
+      bounds: input box.
+
+    Returns:
+      Noisy images, same shape as ``x``.
+    """
+    if region not in ("fg", "bg"):
+        raise ValueError(f"region must be 'fg' or 'bg', got {region!r}")
+    m = mask.astype(x.dtype)
+    if m.ndim == x.ndim - 1:
+        m = m[..., None]
+    sel = m if region == "fg" else 1.0 - m
+    noise = sigma * jax.random.normal(key, x.shape, x.dtype)
+    return jnp.clip(x + sel * noise, *bounds)
+
+
+def _accuracy_chunked(
+    logits_fn: Callable[[jax.Array], jax.Array],
+    transform: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array],
+    x: np.ndarray,
+    y: np.ndarray,
+    mask: np.ndarray,
+    key: jax.Array,
+    chunk_size: int,
+) -> np.ndarray:
+    """Per-example correctness of ``logits_fn(transform(x, mask, key, index))`` in chunks."""
+    n = x.shape[0]
+    pad = (-n) % chunk_size
+    idx = np.arange(n + pad)
+    xp = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
+    mp = np.concatenate([mask, np.repeat(mask[-1:], pad, 0)]) if pad else mask
+
+    @jax.jit
+    def one(xc, mc, ic):
+        k = jax.random.fold_in(key, ic[0])
+        return jnp.argmax(logits_fn(transform(xc, mc, k, ic)), axis=-1)
+
+    preds = []
+    for s in range(0, n + pad, chunk_size):
+        preds.append(
+            np.asarray(one(xp[s : s + chunk_size], mp[s : s + chunk_size], idx[s : s + chunk_size]))
+        )
+    return (np.concatenate(preds)[:n] == np.asarray(y)).astype(np.float32)
+
+
+def noise_accuracies(
+    logits_fn: Callable[[jax.Array], jax.Array],
+    x: np.ndarray,
+    y: np.ndarray,
+    mask: np.ndarray,
+    key: jax.Array,
+    *,
+    sigma: float,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    chunk_size: int = 256,
+) -> dict[str, float]:
+    """Clean, foreground-noise and background-noise accuracies and their RFS (RIVAL10).
+
+    Args:
+      logits_fn: eval-mode model ``x -> logits``.
+      x, y, mask: images, integer labels, foreground masks.
+      key: PRNG key (the same draw for every chunk position; chunks fold in their index).
+      sigma: Gaussian noise std.
+      bounds: input box.
+      chunk_size: images per compiled call.
+
+    Returns:
+      ``{"clean", "fg_noise", "bg_noise", "rfs"}``.
+    """
+    clean = _accuracy_chunked(logits_fn, lambda a, m, k, i: a, x, y, mask, key, chunk_size)
+    out = {"clean": float(clean.mean())}
+    for region in ("fg", "bg"):
+        tf = lambda a, m, k, i, r=region: region_noise(
+            a, m, k, sigma=sigma, region=r, bounds=bounds
+        )
+        out[f"{region}_noise"] = float(
+            _accuracy_chunked(
+                logits_fn,
+                tf,
+                x,
+                y,
+                mask,
+                jax.random.fold_in(key, 1 if region == "fg" else 2),
+                chunk_size,
+            ).mean()
+        )
+    out["rfs"] = float(relative_foreground_sensitivity(out["fg_noise"], out["bg_noise"]))
+    return out
+
+
+def predict(
+    logits_fn: Callable[[jax.Array], jax.Array], x: np.ndarray, *, chunk_size: int = 256
+) -> np.ndarray:
+    """Arg-max predictions of ``logits_fn`` over ``x`` in fixed-size chunks (one compile)."""
+    n = x.shape[0]
+    pad = (-n) % chunk_size
+    xp = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
+    f = jax.jit(lambda a: jnp.argmax(logits_fn(a), axis=-1))
+    return np.concatenate(
+        [np.asarray(f(xp[s : s + chunk_size])) for s in range(0, n + pad, chunk_size)]
+    )[:n]
+
+
+def background_gap(acc_same: float, acc_random: float) -> float:
+    """ImageNet-9 BG-gap: accuracy on class-matched minus random backgrounds."""
+    return float(acc_same) - float(acc_random)
+
+
+def worst_group_accuracy(
+    correct: np.ndarray, groups: np.ndarray, *, min_count: int = 1
+) -> tuple[float, dict[int, float]]:
+    """Minimum over groups of the group accuracy (Sagawa et al.; Waterbirds).
+
+    Args:
+      correct: per-example 0/1 correctness ``[n]``.
+      groups: per-example group ids ``[n]`` (e.g. ``label * K + background_class``).
+      min_count: groups with fewer examples are ignored.
+
+    Returns:
+      ``(worst, {group: accuracy})``.
+    """
+    correct = np.asarray(correct, float)
+    groups = np.asarray(groups)
+    per = {}
+    for g in np.unique(groups):
+        sel = groups == g
+        if sel.sum() >= min_count:
+            per[int(g)] = float(correct[sel].mean())
+    return (min(per.values()) if per else float("nan")), per
