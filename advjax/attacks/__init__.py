@@ -1,0 +1,116 @@
+"""The attack library: white-box (FGSM, PGD, APGD), black-box (Square), the ensemble.
+
+Every attack is a pure, jittable function ``attack(logits_fn, x, y, key, **hparams)
+-> x_adv`` of a batch. Registry builders (``build_<name>(attack_config)``, listed in
+`advjax.registry.ATTACKS`) validate a config and close over its hyperparameters,
+returning ``attack(logits_fn, x, y, key, *, bounds=(0, 1), eps=None)``; ``eps`` lets an
+eps sweep ``vmap`` over the radius of an already-configured attack.
+
+This module holds the shared pieces: per-example PRNG keys (so results do not depend
+on how examples are batched) and config validation with messages naming the key.
+Submodules are imported on use, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["example_keys", "config_values", "check_number", "check_choice", "fold_in_each"]
+
+
+def example_keys(key: jax.Array, batch: int) -> jax.Array:
+    """Per-example PRNG keys.
+
+    Args:
+      key: one key (split into ``batch`` keys) or an array of ``batch`` keys already
+        assigned to examples (typed ``(batch,)`` or raw ``(batch, 2)``), e.g.
+        ``fold_in(key, example_index)`` so that an example's randomness does not
+        depend on which batch it is in.
+      batch: batch size.
+
+    Returns:
+      Keys with a leading axis of size ``batch``.
+    """
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    single = key.ndim == 0 if typed else key.ndim == 1
+    if single:
+        return jax.random.split(key, batch)
+    if key.shape[0] != batch:
+        raise ValueError(f"got {key.shape[0]} per-example keys for a batch of {batch}")
+    return key
+
+
+def fold_in_each(keys: jax.Array, data: int) -> jax.Array:
+    """``fold_in(k, data)`` for every per-example key."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
+
+
+def config_values(
+    cfg: Mapping[str, Any] | Any,
+    *,
+    attack: str,
+    defaults: Mapping[str, Any],
+    required: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Reads an attack config into a dict, rejecting unknown and missing keys.
+
+    Args:
+      cfg: ``ml_collections.ConfigDict`` (or mapping) with 'name' and hyperparameters.
+      attack: attack name for messages.
+      defaults: allowed keys and their default values.
+      required: keys without a default.
+
+    Returns:
+      The hyperparameters (without 'name') with defaults filled in.
+    """
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    values.pop("name", None)
+    allowed = sorted(set(defaults) | set(required))
+    for k in values:
+        if k not in allowed:
+            raise ValueError(f"attack {attack!r}: unknown config key {k!r}; allowed: {allowed}")
+    for k in required:
+        if values.get(k) is None:
+            raise ValueError(f"attack {attack!r}: config key {k!r} is required")
+    out = dict(defaults)
+    out.update({k: v for k, v in values.items() if v is not None or k not in defaults})
+    return out
+
+
+def check_number(
+    value: Any,
+    *,
+    attack: str,
+    key: str,
+    minimum: float | None = None,
+    strict: bool = False,
+    integer: bool = False,
+    maximum: float | None = None,
+) -> None:
+    """Raises ValueError naming ``key`` if ``value`` is not a number in range."""
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type:
+        raise ValueError(f"attack {attack!r}: config key {key!r} must be {kind}, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        rel = ">" if strict else ">="
+        raise ValueError(
+            f"attack {attack!r}: config key {key!r} must be {rel} {minimum}, got {value!r}"
+        )
+    if maximum is not None and value > maximum:
+        raise ValueError(
+            f"attack {attack!r}: config key {key!r} must be <= {maximum}, got {value!r}"
+        )
+
+
+def check_choice(value: Any, allowed: tuple[Any, ...], *, attack: str, key: str) -> None:
+    """Raises ValueError naming ``key`` if ``value`` is not one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(
+            f"attack {attack!r}: config key {key!r} got {value!r}; allowed: {list(allowed)}"
+        )
