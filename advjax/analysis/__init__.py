@@ -1,0 +1,1 @@
+"""Analyses of trained models: interactions, information, saliency, spurious reliance."""

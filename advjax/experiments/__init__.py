@@ -1,0 +1,1 @@
+"""Experiments run by ``launch/main.py --mode analyze``: orchestration over advjax.analysis."""
