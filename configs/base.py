@@ -7,7 +7,7 @@ The returned ConfigDict is locked by the launcher, so a misspelt override such a
 
 from __future__ import annotations
 
-import ml_collections
+import ml_collections  # noqa: F401 - configs use base.ml_collections
 
 
 def pgd_attack(*, norm: str = "linf", eps: float, step_size: float, num_steps: int,
@@ -82,3 +82,35 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3))
     c.analysis = ml_collections.ConfigDict(dict(name=""))
     return c
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a config in place to a run of seconds that still exercises every stage."""
+    c.data.num_train = 512
+    c.data.num_test = 200
+    c.data.num_val = 0
+    c.train.batch_size = 64
+    c.train.num_epochs = 2.0
+    c.train.num_steps = 0
+    c.train.log_every_steps = 4
+    c.train.val_examples = 100
+    c.checkpoint.every_steps = 5
+    c.eval.batch_size = 100
+    c.eval.num_examples = 200
+    attacks = [c.eval.attacks[name] for name in c.eval.attacks.keys()] + [c.train.val_attack]
+    if "attack" in c.train.objective:
+        attacks.append(c.train.objective.attack)
+    for attack in attacks:
+        _shorten(attack, num_steps=5)
+    return c
+
+
+def _shorten(attack: ml_collections.ConfigDict, *, num_steps: int) -> None:
+    """Cuts an attack to ``num_steps`` steps, lengthening the step so it still reaches
+    the boundary of the eps-ball (2.5 eps / steps, Madry et al.)."""
+    if "num_steps" in attack and attack.num_steps > num_steps:
+        attack.num_steps = num_steps
+        if "step_size" in attack and "eps" in attack:
+            attack.step_size = max(attack.step_size, 2.5 * attack.eps / num_steps)
+    if "num_restarts" in attack:
+        attack.num_restarts = 1

@@ -40,7 +40,10 @@ class DatasetInfo:
 
 @dataclasses.dataclass
 class Dataset:
-    """In-memory train and test splits (numpy) with their `DatasetInfo`."""
+    """In-memory splits (numpy) with their `DatasetInfo`.
+
+    Labels are int32 class indices, or float32 targets for regression sources.
+    """
 
     info: DatasetInfo
     train_x: np.ndarray
@@ -63,6 +66,11 @@ def _as_float(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8:
         return x.astype(np.float32) / np.float32(255.0)
     return np.asarray(x, dtype=np.float32)
+
+
+def _as_labels(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y)
+    return y.astype(np.float32) if np.issubdtype(y.dtype, np.floating) else y.astype(np.int32)
 
 
 def finalize(info, train_x, train_y, test_x, test_y, data_config) -> Dataset:
@@ -101,11 +109,11 @@ def finalize(info, train_x, train_y, test_x, test_y, data_config) -> Dataset:
     return Dataset(
         info=info,
         train_x=_as_float(train_x),
-        train_y=np.asarray(train_y, dtype=np.int32),
+        train_y=_as_labels(train_y),
         test_x=_as_float(test_x),
-        test_y=np.asarray(test_y, dtype=np.int32),
+        test_y=_as_labels(test_y),
         val_x=_as_float(val_x) if num_val else None,
-        val_y=np.asarray(val_y, dtype=np.int32) if num_val else None,
+        val_y=_as_labels(val_y) if num_val else None,
     )
 
 

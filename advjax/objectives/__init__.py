@@ -6,8 +6,9 @@ An objective is a `loss_fn(params, forward, batch, key, carry) -> (loss, aux)`:
   mode (BatchNorm statistics update, dropout on); ``forward.eval(params, x) -> logits``
   runs it in evaluation mode and is what inner maximisations attack, so generating
   adversarial examples never changes BatchNorm statistics.
-* ``batch`` holds ``x`` and ``y`` and any per-example arrays that the objective asked
-  for through ``extra_train_arrays``.
+* ``batch`` holds ``x`` and ``y``, ``eps_scale`` (a scalar in [0, 1] that ramps attack
+  budgets up early in training when ``train.eps_ramp_fraction`` > 0; multiply eps by
+  it) and any per-example arrays the objective asked for through ``extra_train_arrays``.
 * ``aux`` holds ``model_state`` (from the last ``forward.train`` call), ``metrics``
   (scalars, averaged over replays and logged) and, for objectives with ``uses_carry``,
   ``carry``: a persistent perturbation shaped like ``batch["x"]`` (Free AT).
@@ -26,10 +27,14 @@ import jax
 
 
 class Forward(NamedTuple):
-    """The model as the objective sees it: a train-mode and an eval-mode call."""
+    """The model as the objective sees it: a train-mode and an eval-mode call.
+
+    ``bounds`` is the dataset's input box, which inner maximisations must respect.
+    """
 
     train: Callable[[Any, jax.Array], tuple[jax.Array, Any]]
     eval: Callable[[Any, jax.Array], jax.Array]
+    bounds: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

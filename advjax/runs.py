@@ -1,0 +1,153 @@
+"""Runs as a whole: train-and-evaluate, load a finished run, read its record.
+
+A run folder (``workdir``) holds ``config.json``, ``dataset_info.json``,
+``metrics.jsonl``, ``checkpoints/`` (orbax: last K and ``best/``), ``report.json`` and
+``figures/*.png``. Analyses use `train_or_load` to get the models they study, so a
+missing model is trained through the same resumable loop as any other run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import ml_collections
+
+from advjax import checkpoints, data, training
+from advjax.configlib import claim_workdir, load_config, validate
+from advjax.training import TrainedModel
+
+__all__ = [
+    "TrainedModel",
+    "evaluate_model",
+    "load_config",
+    "load_trained",
+    "read_metrics",
+    "read_report",
+    "train_and_evaluate",
+    "train_or_load",
+]
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=float)
+    os.replace(tmp, path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of ``workdir/metrics.jsonl`` in order."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_report(workdir: str) -> dict | None:
+    path = os.path.join(workdir, "report.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_trained(workdir: str, *, best: bool = False) -> TrainedModel:
+    """Restores the last (or best) checkpoint of the run in ``workdir``.
+
+    Raises:
+      CheckpointError: no checkpoint, or one that does not fit the run's config.
+    """
+    config_path = os.path.join(workdir, "config.json")
+    info_path = os.path.join(workdir, "dataset_info.json")
+    if not (os.path.exists(config_path) and os.path.exists(info_path)):
+        raise checkpoints.CheckpointError(
+            f"{workdir} is not an advjax run folder (no config.json / dataset_info.json)"
+        )
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    with open(info_path) as f:
+        raw = json.load(f)
+    info = data.DatasetInfo(
+        name=raw["name"], input_shape=tuple(raw["input_shape"]),
+        num_classes=raw["num_classes"], bounds=tuple(raw["bounds"]),
+    )
+    module, target = training.restore_target(config, info)
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    try:
+        state, meta = ckpt.restore(target, best=best)
+    finally:
+        ckpt.close()
+    params = state.ema_params if state.ema_params is not None else state.params
+    return TrainedModel(
+        config=config, module=module, variables={"params": params, **state.model_state},
+        info=info, step=int(meta.get("step", 0)),
+    )
+
+
+def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: str) -> dict:
+    """Clean and robust accuracy of ``model`` on the test set, per `config.eval`.
+
+    Writes the eps-sweep figure to ``workdir/figures/`` when an eps grid is set.
+    """
+    from advjax import evaluation
+
+    section = evaluation.evaluate(
+        config.eval, model.logits_fn, dataset.test_x, dataset.test_y,
+        key=jax.random.fold_in(jax.random.key(config.seed), 7), bounds=tuple(dataset.info.bounds),
+    )
+    if config.eval.eps_grid and section.get("eps_sweep"):
+        path = os.path.join(workdir, "figures", "robust_accuracy_vs_eps.png")
+        evaluation.plot_eps_curve(section, path)
+        section["figures"] = [os.path.relpath(path, workdir)]
+    return section
+
+
+def _train(config, workdir: str, eval_hook=None, dataset=None):
+    dataset = dataset if dataset is not None else data.load_dataset(config.data)
+    os.makedirs(workdir, exist_ok=True)
+    claim_workdir(config, workdir)
+    _write_json(os.path.join(workdir, "dataset_info.json"), dataset.info.to_dict())
+    start = time.time()
+    result = training.train(config, workdir, eval_hook=eval_hook, dataset=dataset)
+    return dataset, result, time.time() - start
+
+
+def train_and_evaluate(
+    config, workdir: str, *, eval_hook: Callable | None = None, dataset: data.Dataset | None = None
+) -> dict:
+    """Trains (resuming if possible), evaluates and writes ``report.json``."""
+    validate(config)
+    dataset, result, seconds = _train(config, workdir, eval_hook, dataset)
+    model = result.best_model if config.eval.use_best and result.best_model else result.model
+    start = time.time()
+    eval_section = evaluate_model(config, model, dataset, workdir)
+    report = {
+        "data": dataset.info.to_dict() | {"num_train": dataset.num_train, "num_test": dataset.num_test},
+        "model": dict(config.model),
+        "objective": config.train.objective.to_dict(),
+        "seed": config.seed,
+        "train": result.summary | {"finished": True, "wall_seconds_this_call": seconds,
+                                   "evaluated_step": model.step},
+        "eval": eval_section,
+        "eval_wall_seconds": time.time() - start,
+        "devices": [str(d) for d in jax.local_devices()],
+    }
+    _write_json(os.path.join(workdir, "report.json"), report)
+    return report
+
+
+def train_or_load(
+    config, workdir: str, *, eval_hook: Callable | None = None, dataset: data.Dataset | None = None
+) -> TrainedModel:
+    """The trained model of ``config`` in ``workdir``, training it first if needed.
+
+    A finished run is restored without training; an unfinished one resumes.
+    """
+    validate(config)
+    _, result, _ = _train(config, workdir, eval_hook, dataset)
+    return result.model

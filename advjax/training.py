@@ -1,0 +1,565 @@
+"""The train state, the one jitted train step, and the resumable training loop.
+
+``make_train_step(module, objective, tx, ...)`` builds a pure step
+``(state, batch, key) -> (state, metrics)`` from any `advjax.objectives.Objective`;
+``train(config, workdir)`` drives it: deterministic batches from (seed, step), data
+parallelism over a ``jax.sharding.Mesh`` with a ``data`` axis, periodic validation,
+checkpoints (last K and best), ``metrics.jsonl`` and a progress bar. Re-running the
+same command resumes from the last checkpoint and ends with the same numbers as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from advjax import checkpoints, configlib, data, models, optim
+from advjax.objectives import Forward, Objective, build_objective
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training run carries from step to step (a pytree)."""
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    ema_params: Any = None
+    carry: Any = None
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model ready for attacks and analyses.
+
+    Attributes:
+      config: the run's config.
+      module: the flax module.
+      variables: ``{"params": ..., **model_state}`` (EMA parameters if the run used EMA).
+      info: the dataset's `advjax.data.DatasetInfo`.
+      step: the training step the variables come from.
+    """
+
+    config: Any
+    module: Any
+    variables: dict
+    info: data.DatasetInfo
+    step: int = 0
+
+    def logits_fn(self, x: jax.Array) -> jax.Array:
+        """Eval-mode logits; a pure function of ``x`` (BatchNorm statistics frozen)."""
+        return self.module.apply(self.variables, x, train=False)
+
+
+def make_forward(
+    module, model_state: dict, dropout_key: jax.Array, bounds: tuple[float, float] = (0.0, 1.0)
+) -> Forward:
+    """The train-mode and eval-mode calls of ``module`` for one step."""
+    mutable = list(model_state.keys())
+
+    def train_call(params, x):
+        variables = {"params": params, **model_state}
+        if mutable:
+            logits, new_state = module.apply(
+                variables, x, train=True, mutable=mutable, rngs={"dropout": dropout_key}
+            )
+            return logits, dict(new_state)
+        return module.apply(variables, x, train=True, rngs={"dropout": dropout_key}), {}
+
+    def eval_call(params, x):
+        return module.apply({"params": params, **model_state}, x, train=False)
+
+    return Forward(train=train_call, eval=eval_call, bounds=bounds)
+
+
+def make_train_step(
+    module,
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    *,
+    ema_decay: float = 0.0,
+    crop_padding: int = 0,
+    flip: bool = False,
+    eps_ramp_steps: int = 0,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> Callable:
+    """A pure train step for ``objective``.
+
+    Args:
+      module: the flax module.
+      objective: the training objective.
+      tx: the optax transformation (optimizer, schedule, clipping, weight decay).
+      ema_decay: decay of the parameter EMA (0 = none).
+      crop_padding, flip: data augmentation applied inside the step.
+      eps_ramp_steps: objectives read ``batch["eps_scale"]``, which rises linearly from
+        0 to 1 over these steps (1 throughout when 0), to warm up attack budgets.
+      bounds: the input box handed to the objective through ``Forward.bounds``.
+
+    Returns:
+      ``step(state, batch, key) -> (state, metrics)``; the key is the run's base key,
+      folded with the step inside, so a resumed run draws the same randomness.
+    """
+
+    def one_update(state: TrainState, batch, key, replay):
+        k_drop, k_obj = jax.random.split(jax.random.fold_in(key, replay))
+        forward = make_forward(module, state.model_state, k_drop, bounds)
+
+        def loss_fn(params):
+            return objective.loss_fn(params, forward, batch, k_obj, state.carry)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        new_state = state.replace(
+            params=params,
+            opt_state=opt_state,
+            model_state=aux.get("model_state", state.model_state),
+            ema_params=ema,
+            carry=aux.get("carry", state.carry),
+        )
+        metrics = {"loss": loss, **aux.get("metrics", {})}
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return new_state, metrics
+
+    def step(state: TrainState, batch: dict, key: jax.Array):
+        key = jax.random.fold_in(key, state.step)
+        k_aug, k_upd = jax.random.split(key)
+        batch = dict(batch)
+        batch["x"] = data.augment(k_aug, batch["x"], crop_padding=crop_padding, flip=flip)
+        if eps_ramp_steps > 0:
+            scale = jnp.minimum((state.step + 1).astype(jnp.float32) / eps_ramp_steps, 1.0)
+        else:
+            scale = jnp.ones((), jnp.float32)
+        batch["eps_scale"] = scale
+        if objective.replays == 1:
+            state, metrics = one_update(state, batch, k_upd, 0)
+        else:
+            state, metrics = jax.lax.scan(
+                lambda s, r: one_update(s, batch, k_upd, r), state, jnp.arange(objective.replays)
+            )
+            metrics = jax.tree.map(jnp.mean, metrics)
+        return state.replace(step=state.step + 1), metrics
+
+    return step
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass
+class Setup:
+    """What a run needs before its first step, all checked before any compute."""
+
+    config: Any
+    dataset: data.Dataset
+    module: Any
+    objective: Objective
+    tx: optax.GradientTransformation
+    total_steps: int
+    steps_per_epoch: int
+    extras: dict
+    mesh: Mesh
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+    """A 1-D mesh with axis ``data`` over the first ``num_devices`` local devices."""
+    devices = jax.local_devices()
+    if num_devices:
+        if num_devices > len(devices):
+            raise ValueError(
+                f"config key 'train.num_devices': {num_devices} requested, "
+                f"{len(devices)} available"
+            )
+        devices = devices[:num_devices]
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def total_train_steps(train_config, num_train: int) -> tuple[int, int]:
+    per_epoch = data.steps_per_epoch(num_train, train_config.batch_size)
+    if train_config.num_steps > 0:
+        return int(train_config.num_steps), per_epoch
+    return max(int(math.ceil(train_config.num_epochs * per_epoch)), 1), per_epoch
+
+
+def setup(config, dataset: data.Dataset | None = None) -> Setup:
+    """Validates ``config``, loads data and builds model, objective and optimizer."""
+    configlib.validate(config)
+    mesh = make_mesh(config.train.num_devices)
+    if config.train.batch_size % mesh.size:
+        raise ValueError(
+            f"config key 'train.batch_size': {config.train.batch_size} is not divisible by "
+            f"the {mesh.size} devices of the data-parallel mesh"
+        )
+    dataset = dataset if dataset is not None else data.load_dataset(config.data)
+    module = models.build_model(config.model, dataset.info)
+    objective = build_objective(config.train.objective)
+    total, per_epoch = total_train_steps(config.train, dataset.num_train)
+    tx = optim.make_optimizer(config.train.optimizer, total_steps=total)
+    extras = {}
+    if objective.extra_train_arrays is not None:
+        extras = {k: np.asarray(v) for k, v in objective.extra_train_arrays(dataset).items()}
+        for k, v in extras.items():
+            if v.shape[0] != dataset.num_train:
+                raise ValueError(
+                    f"objective {config.train.objective.name!r}: extra array {k!r} has "
+                    f"{v.shape[0]} rows, the training set {dataset.num_train}"
+                )
+    return Setup(config, dataset, module, objective, tx, total, per_epoch, extras, mesh)
+
+
+def new_state(module, objective: Objective, tx, config, info, key: jax.Array) -> TrainState:
+    """A fresh `TrainState`: initial variables, optimizer state, EMA and carry."""
+    variables = models.init_variables(module, info, key)
+    params = variables.pop("params")
+    carry = None
+    if objective.uses_carry:
+        carry = jnp.zeros((config.train.batch_size, *info.input_shape), jnp.float32)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=variables,
+        opt_state=tx.init(params),
+        ema_params=params if config.train.ema_decay > 0 else None,
+        carry=carry,
+    )
+
+
+def init_state(s: Setup, key: jax.Array) -> TrainState:
+    return new_state(s.module, s.objective, s.tx, s.config, s.dataset.info, key)
+
+
+def state_shardings(state: TrainState, mesh: Mesh):
+    """Everything replicated except the per-example carry, which follows the batch."""
+    replicated = NamedSharding(mesh, P())
+    shardings = jax.tree.map(lambda _: replicated, state)
+    if state.carry is not None:
+        shardings = shardings.replace(carry=NamedSharding(mesh, P("data")))
+    return shardings
+
+
+def get_batch(s: Setup, step: int) -> dict:
+    idx = data.batch_indices(
+        step,
+        num_examples=s.dataset.num_train,
+        batch_size=s.config.train.batch_size,
+        seed=s.config.data.seed + 1_000_003 * s.config.seed,
+    )
+    batch = {"x": s.dataset.train_x[idx], "y": s.dataset.train_y[idx]}
+    batch.update({k: v[idx] for k, v in s.extras.items()})
+    return batch
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def trained_model(s: Setup, state: TrainState) -> TrainedModel:
+    params = state.ema_params if state.ema_params is not None else state.params
+    return TrainedModel(
+        config=s.config,
+        module=s.module,
+        variables={"params": params, **state.model_state},
+        info=s.dataset.info,
+        step=int(state.step),
+    )
+
+
+def validation_split(s: Setup) -> tuple[np.ndarray, np.ndarray, str]:
+    """The validation split, or the first test examples when none is held out."""
+    n = s.config.train.val_examples
+    if s.dataset.val_x is not None:
+        return s.dataset.val_x[:n], s.dataset.val_y[:n], "val"
+    return s.dataset.test_x[:n], s.dataset.test_y[:n], "test_subset"
+
+
+def make_validator(s: Setup) -> Callable[[TrainedModel, jax.Array], dict]:
+    """Clean and (cheap) robust accuracy on the validation split, jitted per batch."""
+    from advjax.registry import ATTACKS
+
+    x_val, y_val, source = validation_split(s)
+    val_attack = s.config.train.val_attack
+    attack = None
+    if val_attack.name != "none":
+        attack = ATTACKS.get(val_attack.name, key="train.val_attack.name")(val_attack)
+    bs = min(s.config.eval.batch_size, max(len(x_val), 1))
+    classification = s.dataset.info.num_classes > 1
+
+    @jax.jit
+    def batch_stats(variables, x, y, key):
+        def logits_fn(inp):
+            return s.module.apply(variables, inp, train=False)
+
+        logits = logits_fn(x)
+        if not classification:
+            return {"val_mse": jnp.sum((logits[:, 0] - y) ** 2)}
+        out = {"val_accuracy": jnp.sum(jnp.argmax(logits, -1) == y)}
+        if attack is not None:
+            x_adv = attack(logits_fn, x, y, key)
+            out["val_robust_accuracy"] = jnp.sum(jnp.argmax(logits_fn(x_adv), -1) == y)
+        return out
+
+    def validate(model: TrainedModel, key: jax.Array) -> dict:
+        if len(x_val) == 0:
+            return {}
+        totals: dict[str, float] = {}
+        n = (len(x_val) // bs) * bs  # Static shapes: the remainder is left out.
+        for i, start in enumerate(range(0, n, bs)):
+            stats = batch_stats(
+                model.variables, x_val[start : start + bs], y_val[start : start + bs],
+                jax.random.fold_in(key, i),
+            )
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return {k: v / n for k, v in totals.items()} | {"val_source": source, "val_examples": n}
+
+    return validate
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_jsonl(path: str, records: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(v):
+    if isinstance(v, (np.generic, jax.Array)):
+        return float(v)
+    return v
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: TrainedModel
+    best_model: TrainedModel | None
+    summary: dict
+
+
+def train(
+    config,
+    workdir: str,
+    *,
+    eval_hook: Callable[[TrainedModel, int, float], dict] | None = None,
+    dataset: data.Dataset | None = None,
+) -> TrainResult:
+    """Trains (or resumes training) the run described by ``config`` in ``workdir``.
+
+    Args:
+      config: a full advjax config (see configs/base.py).
+      workdir: the run folder; it receives config.json, metrics.jsonl, checkpoints/.
+      eval_hook: optional ``(model, step, epoch) -> metrics`` called at every periodic
+        evaluation and at the end; its values are logged with the step.
+      dataset: an already loaded dataset (skips loading ``config.data``).
+
+    Returns:
+      The final (and best) `TrainedModel` and a summary for report.json.
+
+    Raises:
+      TrainingDivergedError: the loss became non-finite; the last good checkpoint stays.
+    """
+    s = setup(config, dataset)
+    os.makedirs(workdir, exist_ok=True)
+    configlib.claim_workdir(config, workdir)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    base_key = jax.random.key(config.seed)
+    init_key, step_key, val_key = jax.random.split(base_key, 3)
+
+    state = init_state(s, init_key)
+    meta: dict = {"finished": False, "best": None, "best_step": None, "stopped_early": False}
+    start_step = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state)
+        start_step = int(state.step)
+        records = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= start_step]
+        _write_jsonl(metrics_path, records)
+        if meta.get("finished"):
+            print(f"{workdir}: training finished at step {start_step}; nothing to train.")
+        else:
+            print(f"Resuming {workdir} from step {start_step} of {s.total_steps}.")
+    elif os.path.exists(metrics_path):
+        _write_jsonl(metrics_path, [])
+
+    shardings = state_shardings(state, s.mesh)
+    batch_sharding = NamedSharding(s.mesh, P("data"))
+    state = jax.device_put(state, shardings)
+    step_fn = jax.jit(
+        make_train_step(
+            s.module,
+            s.objective,
+            s.tx,
+            ema_decay=config.train.ema_decay,
+            crop_padding=config.data.crop_padding,
+            flip=config.data.flip,
+            eps_ramp_steps=int(config.train.eps_ramp_fraction * s.total_steps),
+            bounds=tuple(s.dataset.info.bounds),
+        ),
+        in_shardings=(shardings, batch_sharding, NamedSharding(s.mesh, P())),
+        out_shardings=(shardings, NamedSharding(s.mesh, P())),
+        donate_argnums=(0,),
+    )
+    validate = make_validator(s)
+    eval_every = config.train.eval_every_steps or s.steps_per_epoch
+    schedule = optim.make_schedule(config.train.optimizer, total_steps=s.total_steps)
+
+    def log(record: dict) -> None:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+
+    def periodic_eval(step: int) -> dict:
+        model = trained_model(s, state)
+        out = validate(model, jax.random.fold_in(val_key, step))
+        if eval_hook is not None:
+            out.update(eval_hook(model, step, step / s.steps_per_epoch))
+        return out
+
+    def save(step: int, *, finished: bool = False, best: bool = False) -> None:
+        meta["finished"] = finished
+        host_state = jax.device_get(state)
+        ckpt.save(step, host_state, dict(meta, step=step), best=best)
+
+    pending = None  # Metrics of the step in flight: fetched after the next dispatch.
+    window_start, window_examples = time.time(), 0
+    bar = tqdm(
+        total=s.total_steps, initial=start_step, disable=not config.train.progress,
+        desc=f"train {config.train.objective.name}", unit="step", dynamic_ncols=True,
+    )
+    step = start_step
+    last_good = ckpt.latest_step()
+    try:
+        while step < s.total_steps and not meta["finished"]:
+            batch = jax.device_put(get_batch(s, step), batch_sharding)
+            state, metrics = step_fn(state, batch, step_key)
+            step += 1
+            if pending is not None:
+                _check_finite(pending, s, last_good, workdir)
+            pending = (step, metrics)
+            window_examples += config.train.batch_size
+            boundary_log = step % config.train.log_every_steps == 0
+            boundary_eval = step % eval_every == 0 or step == s.total_steps
+            boundary_ckpt = step % config.checkpoint.every_steps == 0 or step == s.total_steps
+            if boundary_log or boundary_eval or boundary_ckpt:
+                _check_finite(pending, s, last_good, workdir)
+                pending = None
+            if boundary_log:
+                elapsed = max(time.time() - window_start, 1e-9)
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                record = {"step": step, "epoch": step / s.steps_per_epoch, **host,
+                          "lr": float(schedule(step - 1)),
+                          "examples_per_sec": window_examples / elapsed}
+                log(record)
+                bar.set_postfix(loss=f"{host['loss']:.3f}", ex_s=f"{record['examples_per_sec']:.0f}")
+                window_start, window_examples = time.time(), 0
+            is_best = False
+            if boundary_eval:
+                val = periodic_eval(step)
+                log({"step": step, "epoch": step / s.steps_per_epoch, **val})
+                score = val.get("val_robust_accuracy", val.get("val_accuracy"))
+                if score is None and "val_mse" in val:
+                    score = -val["val_mse"]
+                if score is not None and (meta["best"] is None or score > meta["best"]):
+                    meta["best"], meta["best_step"], is_best = score, step, True
+                drop = config.train.early_stop_drop
+                if drop > 0 and score is not None and score < meta["best"] - drop:
+                    meta["stopped_early"] = True
+                    print(
+                        f"Early stop at step {step}: validation score {score:.3f} fell more than "
+                        f"{drop} below its best {meta['best']:.3f} (step {meta['best_step']}); "
+                        f"the best checkpoint is the result."
+                    )
+            done = step == s.total_steps or meta["stopped_early"]
+            if boundary_ckpt or is_best or done:
+                save(step, finished=done)
+                last_good = step
+            if is_best:
+                save(step, finished=done, best=True)
+            bar.update(1)
+            if meta["stopped_early"]:
+                break
+        if pending is not None:
+            _check_finite(pending, s, last_good, workdir)
+    finally:
+        bar.close()
+        ckpt.wait()
+
+    model = trained_model(s, state)
+    best_model = None
+    if ckpt.latest_step(best=True) is not None:
+        best_state, _ = ckpt.restore(jax.device_get(state), best=True)
+        best_model = trained_model(s, best_state)
+    ckpt.close()
+    if meta["stopped_early"] and best_model is not None:
+        model = best_model
+    summary = {
+        "steps": int(state.step),
+        "total_steps": s.total_steps,
+        "epochs": int(state.step) / s.steps_per_epoch,
+        "best_val": meta["best"],
+        "best_step": meta["best_step"],
+        "stopped_early": meta["stopped_early"],
+        "num_params": models.count_params(state.params),
+        "num_train": s.dataset.num_train,
+        "num_devices": s.mesh.size,
+    }
+    return TrainResult(model=model, best_model=best_model, summary=summary)
+
+
+def _check_finite(pending, s: Setup, last_good: int | None, workdir: str) -> None:
+    step, metrics = pending
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        where = (
+            f"the last good checkpoint (step {last_good}) is kept in {workdir}/checkpoints"
+            if last_good is not None
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingDivergedError(
+            f"loss became {loss} at step {step} (objective {s.config.train.objective.name!r}, "
+            f"learning rate {s.config.train.optimizer.learning_rate}); {where}. Lower "
+            f"train.optimizer.learning_rate or set train.optimizer.grad_clip_norm and rerun in "
+            f"a fresh --workdir."
+        )
+
+
+def restore_target(config, info: data.DatasetInfo) -> tuple[Any, TrainState]:
+    """The module and an abstract `TrainState` (shapes only) to restore a run into."""
+    module = models.build_model(config.model, info)
+    objective = build_objective(config.train.objective)
+    tx = optim.make_optimizer(config.train.optimizer, total_steps=1)
+    abstract = jax.eval_shape(
+        lambda key: new_state(module, objective, tx, config, info, key), jax.random.key(0)
+    )
+    return module, abstract

@@ -1,0 +1,1 @@
+"""advjax experiment configs: each module's ``get_config(arg)`` returns a ConfigDict."""
