@@ -1,0 +1,372 @@
+"""Known-answer tests for the adversarial-training objectives and regularisers."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from advjax import geometry
+from advjax.objectives import Forward, build_objective
+from advjax.objectives.fast import fgsm_rs_perturbation, free_at_step
+from advjax.objectives.mart import mart_terms
+from advjax.objectives.regularizers import input_gradient_terms, random_projection_frobenius
+from advjax.objectives.trades import trades_perturbation
+
+
+class TinyMLP(nn.Module):
+    """A smooth (tanh) two-layer net, so second derivatives are well defined everywhere."""
+
+    num_classes: int = 3
+    hidden: int = 8
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape((x.shape[0], -1))
+        x = jnp.tanh(nn.Dense(self.hidden)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class Linear(nn.Module):
+    num_classes: int = 2
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+def make_forward(module) -> Forward:
+    return Forward(
+        train=lambda p, x: (module.apply({"params": p}, x, train=True), {}),
+        eval=lambda p, x: module.apply({"params": p}, x, train=False),
+    )
+
+
+def setup(module, shape=(6, 4, 4, 1), num_classes=3, seed=0):
+    kx, ky, kp = jax.random.split(jax.random.PRNGKey(seed), 3)
+    x = jax.random.uniform(kx, shape)
+    y = jax.random.randint(ky, (shape[0],), 0, num_classes)
+    params = module.init(kp, x)["params"]
+    return params, make_forward(module), {"x": x, "y": y}
+
+
+def reference_ce(module, params, x, y):
+    logits = module.apply({"params": params}, x)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+
+def config(**kw) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(kw)
+
+
+def linf_attack(eps, step_size=0.01, num_steps=5):
+    return config(name="pgd", norm="linf", eps=eps, step_size=step_size, num_steps=num_steps)
+
+
+# ----------------------------------------------------------------------------- TRADES
+
+
+def test_trades_with_beta_zero_is_standard_cross_entropy():
+    module = TinyMLP()
+    params, forward, batch = setup(module)
+    objective = build_objective(config(name="trades", beta=0.0, attack=linf_attack(0.3)))
+    (loss, aux), grads = jax.value_and_grad(objective.loss_fn, has_aux=True)(
+        params, forward, batch, jax.random.PRNGKey(1), None
+    )
+    ref, ref_grads = jax.value_and_grad(reference_ce, argnums=1)(
+        module, params, batch["x"], batch["y"]
+    )
+    np.testing.assert_allclose(loss, ref, rtol=1e-6)
+    np.testing.assert_allclose(aux["metrics"]["loss_natural"], ref, rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7)
+
+
+def test_trades_with_eps_zero_has_no_robust_term():
+    # x' = x exactly, so KL(p(x) || p(x')) = 0 and the loss is CE for any beta.
+    module = TinyMLP()
+    params, forward, batch = setup(module)
+    objective = build_objective(config(name="trades", beta=6.0, attack=linf_attack(0.0)))
+    loss, aux = objective.loss_fn(params, forward, batch, jax.random.PRNGKey(1), None)
+    np.testing.assert_allclose(aux["metrics"]["loss_robust"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(
+        loss, reference_ce(module, params, batch["x"], batch["y"]), rtol=1e-6
+    )
+
+
+def test_trades_inner_max_reaches_a_vertex_for_a_binary_linear_model():
+    # With two classes, KL(p(x) || p(x')) depends only on the logit shift u = w.delta
+    # (w = w_1 - w_0) and grows monotonically in |u| on either side of 0; from the
+    # tiny Gaussian start, sign-PGD therefore runs to delta = s * eps * sign(w) with
+    # s = +1 or -1 (inputs away from the box edges so the box is inactive).
+    module = Linear(num_classes=2)
+    kx, kp = jax.random.split(jax.random.PRNGKey(3))
+    x = jax.random.uniform(kx, (8, 12), minval=0.4, maxval=0.6)
+    params = module.init(kp, x)["params"]
+    w = params["Dense_0"]["kernel"][:, 1] - params["Dense_0"]["kernel"][:, 0]
+    eps = 0.1
+    delta = trades_perturbation(
+        lambda z: module.apply({"params": params}, z),
+        x,
+        jax.random.PRNGKey(4),
+        eps=eps,
+        step_size=0.03,
+        num_steps=10,
+    )
+    vertex = eps * jnp.sign(w)[None]
+    side = jnp.sign(jnp.sum(delta * vertex, axis=1, keepdims=True))
+    np.testing.assert_allclose(delta, side * vertex, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- MART
+
+
+def test_mart_terms_match_a_direct_computation():
+    rng = np.random.default_rng(0)
+    logits_clean = rng.normal(size=(7, 5)) * 3
+    logits_adv = rng.normal(size=(7, 5)) * 3
+    logits_adv[0, 2] = 40.0  # a near-certain wrong class: log(1 - p) must stay finite
+    y = rng.integers(0, 5, size=7)
+    y[0] = 0
+    p = np.exp(logits_clean) / np.exp(logits_clean).sum(1, keepdims=True)
+    q = np.exp(logits_adv - logits_adv.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
+    rows = np.arange(7)
+    q_wrong = q.copy()
+    q_wrong[rows, y] = -1
+    # 1 - max_{k != y} q_k as the sum of the remaining probabilities: no cancellation.
+    k_star = q_wrong.argmax(1)
+    one_minus = np.array([np.delete(q[i], k_star[i]).sum() for i in rows])
+    want_bce = -np.log(q[rows, y]) - np.log(one_minus)
+    want_kl = (p * (np.log(p) - np.log(q))).sum(1)
+    terms = mart_terms(jnp.asarray(logits_clean), jnp.asarray(logits_adv), jnp.asarray(y))
+    np.testing.assert_allclose(terms["bce"], want_bce, rtol=1e-4)
+    np.testing.assert_allclose(terms["kl"], want_kl, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(terms["weight"], 1 - p[rows, y], rtol=1e-5)
+
+
+def test_mart_loss_with_eps_zero_is_boosted_cross_entropy_on_clean_inputs():
+    module = TinyMLP()
+    params, forward, batch = setup(module)
+    objective = build_objective(config(name="mart", beta=6.0, attack=linf_attack(0.0)))
+    loss, aux = objective.loss_fn(params, forward, batch, jax.random.PRNGKey(1), None)
+    logits = module.apply({"params": params}, batch["x"])
+    terms = mart_terms(logits, logits, batch["y"])
+    np.testing.assert_allclose(aux["metrics"]["loss_robust"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(loss, jnp.mean(terms["bce"]), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- FGSM-RS
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fgsm_rs_perturbation_stays_in_ball_and_box(norm):
+    module = TinyMLP()
+    kx, kp = jax.random.split(jax.random.PRNGKey(5))
+    # Half the pixels sit on the box edges, where the box constraint is active.
+    x = jnp.round(jax.random.uniform(kx, (16, 4, 4, 1)) * 4) / 4
+    params = module.init(kp, x)["params"]
+    y = jnp.arange(16) % 3
+    eps = 0.3 if norm == "linf" else 1.0
+    delta = fgsm_rs_perturbation(
+        lambda z: module.apply({"params": params}, z),
+        x,
+        y,
+        jax.random.PRNGKey(6),
+        norm=norm,
+        eps=eps,
+        step_size=1.25 * eps,
+    )
+    assert jnp.all(geometry.lp_norm(delta, norm=norm) <= eps * (1 + 1e-6))
+    assert jnp.all((x + delta >= 0.0) & (x + delta <= 1.0))
+    assert jnp.max(geometry.lp_norm(delta, norm=norm)) > 0.5 * eps
+
+
+def test_fgsm_rs_step_is_the_signed_gradient_step_for_a_linear_model():
+    # Binary linear model, label 1: grad_x CE = (p_1 - 1) w with p_1 < 1, so the step is
+    # -alpha * sign(w) from the same uniform start, then clipped to the ball and box.
+    module = Linear(num_classes=2)
+    kx, kp = jax.random.split(jax.random.PRNGKey(7))
+    x = jax.random.uniform(kx, (5, 10))
+    params = module.init(kp, x)["params"]
+    w = params["Dense_0"]["kernel"][:, 1] - params["Dense_0"]["kernel"][:, 0]
+    y = jnp.ones((5,), jnp.int32)
+    eps, key = 0.2, jax.random.PRNGKey(8)
+    delta = fgsm_rs_perturbation(
+        lambda z: module.apply({"params": params}, z), x, y, key, eps=eps, step_size=1.25 * eps
+    )
+    start = jnp.clip(jax.random.uniform(key, x.shape, minval=-eps, maxval=eps), -x, 1 - x)
+    want = jnp.clip(jnp.clip(start - 1.25 * eps * jnp.sign(w)[None], -eps, eps), -x, 1 - x)
+    np.testing.assert_allclose(delta, want, atol=1e-6)
+
+
+def test_fgsm_rs_loss_is_cross_entropy_at_the_perturbed_point():
+    module = TinyMLP()
+    params, forward, batch = setup(module)
+    eps, key = 0.1, jax.random.PRNGKey(9)
+    objective = build_objective(config(name="fgsm_rs", eps=eps))
+    (loss, _), grads = jax.value_and_grad(objective.loss_fn, has_aux=True)(
+        params, forward, batch, key, None
+    )
+    delta = fgsm_rs_perturbation(
+        lambda z: forward.eval(params, z),
+        batch["x"],
+        batch["y"],
+        key,
+        eps=eps,
+        step_size=1.25 * eps,
+    )
+    # The perturbation is a constant of the outer gradient (no gradient through delta).
+    ref, ref_grads = jax.value_and_grad(reference_ce, argnums=1)(
+        module, params, batch["x"] + delta, batch["y"]
+    )
+    np.testing.assert_allclose(loss, ref, rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- Free AT
+
+
+def test_free_at_replay_is_a_signed_input_gradient_step_and_a_plain_parameter_gradient():
+    module = TinyMLP()
+    params, forward, batch = setup(module)
+    x, y = batch["x"], batch["y"]
+    eps = 0.1
+    objective = build_objective(config(name="free_at", eps=eps, replays=4))
+    assert objective.replays == 4 and objective.uses_carry
+    carry = jax.random.uniform(jax.random.PRNGKey(2), x.shape, minval=-0.2, maxval=0.2)
+    grad_fn = jax.jit(jax.value_and_grad(objective.loss_fn, has_aux=True), static_argnums=1)
+    (loss, aux), grads = grad_fn(params, forward, batch, jax.random.PRNGKey(0), carry)
+
+    # Reference: project the incoming carry, then one separate gradient per quantity.
+    delta = jnp.clip(jnp.clip(carry, -eps, eps), -x, 1 - x)
+    ref, ref_grads = jax.value_and_grad(reference_ce, argnums=1)(module, params, x + delta, y)
+    g_x = jax.grad(lambda d: reference_ce(module, params, x + d, y))(delta)
+    want_carry = jnp.clip(jnp.clip(delta + eps * jnp.sign(g_x), -eps, eps), -x, 1 - x)
+    np.testing.assert_allclose(aux["carry"], want_carry, atol=1e-6)
+    np.testing.assert_allclose(loss, ref, rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7)
+
+
+def test_free_at_replays_keep_the_perturbation_in_the_ball():
+    module = TinyMLP()
+    params, forward, batch = setup(module)
+    eps = 0.05
+    optimizer = optax.sgd(0.5)
+    opt_state = optimizer.init(params)
+    carry = jnp.zeros_like(batch["x"])
+    losses_seen = []
+    for _ in range(6):  # replays of one batch, each with its own parameter update
+        loss, g, carry, _, _ = free_at_step(
+            forward.train, params, batch["x"], batch["y"], carry, eps=eps, step_size=eps
+        )
+        updates, opt_state = optimizer.update(g, opt_state)
+        params = optax.apply_updates(params, updates)
+        losses_seen.append(float(loss))
+        assert jnp.max(jnp.abs(carry)) <= eps + 1e-7
+    # Every coordinate with a nonzero input gradient has moved a full step to the boundary.
+    assert float(jnp.mean(jnp.abs(carry) > 0.99 * eps)) > 0.9
+
+
+# ----------------------------------------------------------------------------- regularisers
+
+
+def test_double_backprop_gradient_matches_finite_differences():
+    with jax.enable_x64(True):
+        module = TinyMLP(num_classes=3, hidden=5)
+        kx, ky, kp = jax.random.split(jax.random.PRNGKey(11), 3)
+        x = jax.random.uniform(kx, (4, 6), dtype=jnp.float64)
+        y = jax.random.randint(ky, (4,), 0, 3)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), module.init(kp, x)["params"])
+        forward = make_forward(module)
+        weight = 0.7
+        objective = build_objective(config(name="input_gradient", weight=weight))
+
+        @jax.jit
+        def loss_of(p):
+            return objective.loss_fn(p, forward, {"x": x, "y": y}, jax.random.PRNGKey(0), None)[0]
+
+        grads = jax.grad(loss_of)(params)
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        flat_grad = jax.flatten_util.ravel_pytree(grads)[0]
+        h = 1e-6
+        fd = np.array(
+            [
+                (loss_of(unravel(flat.at[i].add(h))) - loss_of(unravel(flat.at[i].add(-h))))
+                / (2 * h)
+                for i in range(flat.size)
+            ]
+        )
+        np.testing.assert_allclose(flat_grad, fd, rtol=1e-6, atol=1e-9)
+
+        # The penalty is the per-example squared input-gradient norm, averaged.
+        def ce_one(xi, yi):
+            logits = module.apply({"params": params}, xi[None])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
+
+        per_example = jax.vmap(jax.grad(ce_one))(x, y)
+        ce, grad_sq, _, _ = input_gradient_terms(forward.train, params, x, y)
+        np.testing.assert_allclose(grad_sq, jnp.sum(per_example**2, axis=1), rtol=1e-10)
+        np.testing.assert_allclose(
+            loss_of(params), jnp.mean(ce) + weight * jnp.mean(grad_sq), rtol=1e-12
+        )
+
+
+def test_jacobian_projection_estimate_matches_exact_frobenius_norm():
+    module = TinyMLP(num_classes=4, hidden=6)
+    params, forward, batch = setup(module, shape=(3, 5), num_classes=4)
+    x = batch["x"]
+    logits_fn = lambda z: module.apply({"params": params}, z)
+    logits, vjp_fn = jax.vjp(logits_fn, x)
+    num_projections = 4000
+    estimate = random_projection_frobenius(
+        lambda v: vjp_fn(v)[0], 3, 4, jax.random.PRNGKey(12), num_projections=num_projections
+    )
+    jac = jax.vmap(lambda xi: jax.jacrev(lambda z: logits_fn(z[None])[0])(xi))(x)  # [B, C, D]
+    gram = jnp.einsum("bcd,bed->bce", jac, jac)  # A = J J^T
+    tr = jnp.trace(gram, axis1=1, axis2=2)
+    tr_sq = jnp.einsum("bce,bec->b", gram, gram)
+    c = 4
+    # For v uniform on S^{C-1}: E[(v^T A v)^2] = (tr(A)^2 + 2 tr(A^2)) / (C (C + 2)), so
+    # Var[C v^T A v] = C^2 * that - tr(A)^2.
+    var = c**2 * (tr**2 + 2 * tr_sq) / (c * (c + 2)) - tr**2
+    standard_error = jnp.sqrt(var / num_projections)
+    assert jnp.all(jnp.abs(estimate - tr) < 4 * standard_error), (estimate, tr, standard_error)
+    assert jnp.all(standard_error < 0.05 * tr)  # the check is sharp, not vacuous
+
+
+def test_jacobian_objective_penalty_uses_half_the_weight():
+    module = TinyMLP()
+    params, forward, batch = setup(module)
+    key = jax.random.PRNGKey(13)
+    objective = build_objective(config(name="jacobian", weight=0.4, num_projections=3))
+    loss, aux = objective.loss_fn(params, forward, batch, key, None)
+    _, vjp_fn = jax.vjp(lambda z: forward.eval(params, z), batch["x"])
+    frob = random_projection_frobenius(
+        lambda v: vjp_fn(v)[0], batch["x"].shape[0], 3, key, num_projections=3
+    )
+    ce = reference_ce(module, params, batch["x"], batch["y"])
+    np.testing.assert_allclose(loss, ce + 0.2 * jnp.mean(frob), rtol=1e-5)
+    np.testing.assert_allclose(aux["metrics"]["jacobian_frobenius_sq"], jnp.mean(frob), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cfg, key",
+    [
+        (config(name="trades", beta=-1.0, attack=linf_attack(0.3)), "train.objective.beta"),
+        (config(name="fgsm_rs", eps=0.3, norm="l1"), "train.objective.norm"),
+        (config(name="free_at", eps=0.3, replays=0), "train.objective.replays"),
+        (config(name="jacobian", weight=0.1, num_projections=0), "num_projections"),
+        (config(name="input_gradient", weight=-2.0), "train.objective.weight"),
+    ],
+)
+def test_bad_hyperparameters_name_the_config_key(cfg, key):
+    with pytest.raises(ValueError, match=key):
+        build_objective(cfg)
