@@ -71,18 +71,25 @@ def linf_attack(eps, step_size=0.01, num_steps=5):
 # ----------------------------------------------------------------------------- TRADES
 
 
-def test_trades_with_beta_zero_is_standard_cross_entropy():
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        config(name="trades", beta=0.0, attack=linf_attack(0.3)),
+        config(name="pgd_at", attack=linf_attack(0.0)),
+    ],
+    ids=["trades_beta0", "pgd_at_eps0"],
+)
+def test_limits_equal_the_standard_objective(cfg):
     module = TinyMLP()
     params, forward, batch = setup(module)
-    objective = build_objective(config(name="trades", beta=0.0, attack=linf_attack(0.3)))
-    (loss, aux), grads = jax.value_and_grad(objective.loss_fn, has_aux=True)(
-        params, forward, batch, jax.random.PRNGKey(1), None
+    key = jax.random.PRNGKey(1)
+    standard = build_objective(config(name="standard"))
+    grad_fn = lambda o: jax.value_and_grad(o.loss_fn, has_aux=True)(  # noqa: E731
+        params, forward, batch, key, None
     )
-    ref, ref_grads = jax.value_and_grad(reference_ce, argnums=1)(
-        module, params, batch["x"], batch["y"]
-    )
+    (loss, _), grads = grad_fn(build_objective(cfg))
+    (ref, _), ref_grads = grad_fn(standard)
     np.testing.assert_allclose(loss, ref, rtol=1e-6)
-    np.testing.assert_allclose(aux["metrics"]["loss_natural"], ref, rtol=1e-6)
     for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7)
 
@@ -172,7 +179,8 @@ def test_fgsm_rs_perturbation_stays_in_ball_and_box(norm):
     x = jnp.round(jax.random.uniform(kx, (16, 4, 4, 1)) * 4) / 4
     params = module.init(kp, x)["params"]
     y = jnp.arange(16) % 3
-    eps = 0.3 if norm == "linf" else 1.0
+    # eps as the training loop's ramp-up hands it over: a traced product.
+    eps = (0.3 if norm == "linf" else 1.0) * jnp.float32(0.5)
     delta = fgsm_rs_perturbation(
         lambda z: module.apply({"params": params}, z),
         x,

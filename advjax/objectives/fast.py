@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from advjax import geometry, losses
 from advjax.objectives import Objective
+from advjax.objectives.base import _check_keys
 from advjax.registry import one_of
 
 
@@ -124,16 +125,15 @@ def attach_gradient(value: jax.Array, params, grads) -> jax.Array:
     return jax.lax.stop_gradient(value) + zero_dot
 
 
-def _threat_model(objective_config) -> tuple[str, float, tuple[float, float]]:
+def _threat_model(objective_config) -> tuple[str, float]:
     norm = objective_config.get("norm", "linf")
     one_of(norm, ["linf", "l2"], key="train.objective.norm")
+    if "eps" not in objective_config:
+        raise ValueError("config key 'train.objective.eps': required")
     eps = float(objective_config.eps)
     if eps < 0:
         raise ValueError(f"config key 'train.objective.eps': must be >= 0; got {eps}")
-    lo, hi = (float(b) for b in objective_config.get("bounds", (0.0, 1.0)))
-    if not lo < hi:
-        raise ValueError(f"config key 'train.objective.bounds': need lo < hi; got {(lo, hi)}")
-    return norm, eps, (lo, hi)
+    return norm, eps
 
 
 def _step_size(objective_config, default: float) -> float:
@@ -151,27 +151,31 @@ def build_fgsm_rs(objective_config) -> Objective:
     computed with the model in evaluation mode and treated as a constant.
 
     Args:
-      objective_config: ``eps``; optional ``step_size`` (alpha, default ``1.25 * eps``),
-        ``norm`` ('linf' default, or 'l2') and ``bounds`` (default (0, 1)).
+      objective_config: ``eps``; optional ``step_size`` (alpha, default ``1.25 * eps``)
+        and ``norm`` ('linf' default, or 'l2'). Both lengths are multiplied by
+        ``batch["eps_scale"]`` (the training loop's eps ramp-up); the input box is
+        ``forward.bounds``.
 
     Returns:
       The `Objective`.
     """
-    norm, eps, bounds = _threat_model(objective_config)
+    _check_keys(objective_config, {"eps", "step_size", "norm"}, objective="fgsm_rs")
+    norm, eps = _threat_model(objective_config)
     step_size = _step_size(objective_config, 1.25 * eps)
 
     def loss_fn(params, forward, batch, key, carry):
         del carry
         x, y = batch["x"], batch["y"]
+        scale = batch.get("eps_scale", 1.0)
         delta = fgsm_rs_perturbation(
-            lambda inputs: forward.eval(params, inputs),
+            lambda inputs: forward.eval(jax.lax.stop_gradient(params), inputs),
             x,
             y,
             key,
             norm=norm,
-            eps=eps,
-            step_size=step_size,
-            bounds=bounds,
+            eps=eps * scale,
+            step_size=step_size * scale,
+            bounds=forward.bounds,
         )
         logits, state = forward.train(params, x + jax.lax.stop_gradient(delta))
         loss = jnp.mean(losses.cross_entropy(logits, y))
@@ -191,12 +195,15 @@ def build_free_at(objective_config) -> Objective:
 
     Args:
       objective_config: ``eps``, ``replays`` (m >= 1, default 8); optional ``step_size``
-        for ``delta`` (default ``eps``), ``norm`` ('linf' default, or 'l2'), ``bounds``.
+        for ``delta`` (default ``eps``) and ``norm`` ('linf' default, or 'l2'). ``eps``
+        and ``step_size`` are multiplied by ``batch["eps_scale"]``; the input box is
+        ``forward.bounds``.
 
     Returns:
       The `Objective` (``replays=m``, ``uses_carry=True``).
     """
-    norm, eps, bounds = _threat_model(objective_config)
+    _check_keys(objective_config, {"eps", "step_size", "norm", "replays"}, objective="free_at")
+    norm, eps = _threat_model(objective_config)
     step_size = _step_size(objective_config, eps)
     replays = int(objective_config.get("replays", 8))
     if replays < 1:
@@ -206,6 +213,7 @@ def build_free_at(objective_config) -> Objective:
         del key
         x, y = batch["x"], batch["y"]
         delta = jnp.zeros_like(x) if carry is None else carry
+        scale = batch.get("eps_scale", 1.0)
         loss, g_params, new_delta, logits, state = free_at_step(
             forward.train,
             params,
@@ -213,9 +221,9 @@ def build_free_at(objective_config) -> Objective:
             y,
             delta,
             norm=norm,
-            eps=eps,
-            step_size=step_size,
-            bounds=bounds,
+            eps=eps * scale,
+            step_size=step_size * scale,
+            bounds=forward.bounds,
         )
         metrics = {"loss": loss, "adv_accuracy": jnp.mean(losses.accuracy(logits, y))}
         aux = {"model_state": state, "metrics": metrics, "carry": new_delta}

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from advjax import losses
 from advjax.objectives import Objective
+from advjax.objectives.base import _check_keys
 from advjax.registry import ATTACKS
 
 
@@ -65,14 +66,19 @@ def build_mart(objective_config) -> Objective:
 
     Args:
       objective_config: ``beta`` (>= 0, default 6.0, the paper's CIFAR-10 value) and
-        ``attack`` (an attack config).
+        ``attack`` (an attack config; its eps is multiplied by ``batch["eps_scale"]``,
+        and it respects ``forward.bounds``).
 
     Returns:
       The `Objective`.
     """
+    _check_keys(objective_config, {"beta", "attack"}, objective="mart")
     beta = float(objective_config.get("beta", 6.0))
     if beta < 0:
         raise ValueError(f"config key 'train.objective.beta': must be >= 0; got {beta}")
+    if "attack" not in objective_config:
+        raise ValueError("config key 'train.objective.attack': mart needs an attack config")
+    eps = float(objective_config.attack.eps)
     attack = ATTACKS.get(objective_config.attack.name, key="train.objective.attack.name")(
         objective_config.attack
     )
@@ -80,7 +86,9 @@ def build_mart(objective_config) -> Objective:
     def loss_fn(params, forward, batch, key, carry):
         del carry
         x, y = batch["x"], batch["y"]
-        x_adv = attack(lambda inputs: forward.eval(params, inputs), x, y, key)
+        eval_logits = lambda inputs: forward.eval(jax.lax.stop_gradient(params), inputs)  # noqa: E731
+        scaled_eps = eps * batch.get("eps_scale", 1.0)
+        x_adv = attack(eval_logits, x, y, key, bounds=forward.bounds, eps=scaled_eps)
         x_adv = jax.lax.stop_gradient(x_adv)
         logits_clean, _ = forward.train(params, x)
         logits_adv, state = forward.train(params, x_adv)

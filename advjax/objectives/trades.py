@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from advjax import geometry, losses
 from advjax.objectives import Objective
+from advjax.objectives.base import _check_keys
 
 # Scale of the Gaussian start of the inner maximisation (Zhang et al.'s code): at
 # x' = x the KL term has zero gradient, so the ascent needs a nudge off the clean point.
@@ -88,15 +89,22 @@ def build_trades(objective_config) -> Objective:
 
     Args:
       objective_config: ``beta`` (>= 0, default 6.0) and ``attack`` with ``eps``,
-        ``step_size``, ``num_steps`` and optional ``norm`` (default 'linf') and
-        ``bounds`` (default (0, 1)).
+        ``step_size``, ``num_steps`` and optional ``norm`` (default 'linf'); ``name``
+        is ignored (the inner maximisation is always PGD on KL). ``eps`` and
+        ``step_size`` are multiplied by ``batch["eps_scale"]``; the input box is
+        ``forward.bounds``.
 
     Returns:
       The `Objective`.
     """
+    _check_keys(objective_config, {"beta", "attack"}, objective="trades")
     beta = float(objective_config.get("beta", 6.0))
     if beta < 0:
         raise ValueError(f"config key 'train.objective.beta': must be >= 0; got {beta}")
+    if "attack" not in objective_config:
+        raise ValueError(
+            "config key 'train.objective.attack': trades needs eps, step_size, num_steps"
+        )
     attack = objective_config.attack
     norm = attack.get("norm", "linf")
     geometry.check_norm(norm, key="train.objective.attack.norm")
@@ -107,20 +115,20 @@ def build_trades(objective_config) -> Objective:
             raise ValueError(
                 f"config key 'train.objective.attack.{name}': must be >= 0; got {value}"
             )
-    bounds = tuple(float(b) for b in attack.get("bounds", (0.0, 1.0)))
 
     def loss_fn(params, forward, batch, key, carry):
         del carry
         x, y = batch["x"], batch["y"]
+        scale = batch.get("eps_scale", 1.0)
         delta = trades_perturbation(
-            lambda inputs: forward.eval(params, inputs),
+            lambda inputs: forward.eval(jax.lax.stop_gradient(params), inputs),
             x,
             key,
             norm=norm,
-            eps=eps,
-            step_size=step_size,
+            eps=eps * scale,
+            step_size=step_size * scale,
             num_steps=num_steps,
-            bounds=bounds,
+            bounds=forward.bounds,
         )
         logits_clean, state = forward.train(params, x)
         logits_adv, _ = forward.train(params, x + jax.lax.stop_gradient(delta))
