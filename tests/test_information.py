@@ -1,0 +1,296 @@
+"""Known-answer tests for the KL metric, input Fisher information and its decomposition
+(advjax.analysis.information) and for the Fisher / KL-regularised objective."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from advjax.analysis import information as info
+from advjax.objectives import Forward
+from advjax.objectives.fisher import build_fisher_kl
+
+
+def linear_model(seed: int = 0, d: int = 12, c: int = 5, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    w = jnp.asarray(rng.normal(size=(c, d)), dtype)
+    b = jnp.asarray(rng.normal(size=(c,)), dtype)
+    return w, b, lambda x: x.reshape(x.shape[0], -1) @ w.T + b
+
+
+def tanh_mlp(seed: int = 0, d: int = 12, c: int = 5, hidden: int = 16, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    w1 = jnp.asarray(rng.normal(size=(d, hidden)) / np.sqrt(d) * 2, dtype)
+    w2 = jnp.asarray(rng.normal(size=(hidden, c)) * 2, dtype)
+    return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+
+
+def inputs(n: int, shape=(3, 4, 1), seed: int = 1, dtype=jnp.float32, lo=0.0, hi=1.0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.uniform(lo, hi, size=(n,) + shape), dtype)
+
+
+# ------------------------------------------------------------------------------ Fisher
+
+
+def test_linear_softmax_fisher_closed_form():
+    w, b, fn = linear_model()
+    x = inputs(4)
+    stats = info.fisher_statistics(fn, x, chunk_size=3)
+    for i in range(4):
+        p = np.asarray(jax.nn.softmax(fn(x[i : i + 1])[0]), np.float64)
+        wn = np.asarray(w, np.float64)
+        closed = wn.T @ (np.diag(p) - np.outer(p, p)) @ wn
+        np.testing.assert_allclose(info.fisher_matrix(fn, x[i]), closed, rtol=1e-4, atol=1e-5)
+        ev = np.linalg.eigvalsh(closed)
+        assert float(stats["frobenius"][i]) == pytest.approx(np.linalg.norm(closed), rel=1e-4)
+        assert float(stats["trace"][i]) == pytest.approx(np.trace(closed), rel=1e-4)
+        assert float(stats["lambda_max"][i]) == pytest.approx(ev[-1], rel=1e-4)
+
+
+def test_kl_second_order_fisher_identity():
+    # KL(p(x) || p(x + delta)) = delta^T F delta / 2 + O(||delta||^3) at ||delta|| = 1e-3.
+    with jax.enable_x64(True):
+        fn = tanh_mlp(dtype=jnp.float64)
+        x = inputs(3, dtype=jnp.float64)
+        rng = np.random.default_rng(2)
+        for i in range(3):
+            f = np.asarray(info.fisher_matrix(fn, x[i]))
+            delta = rng.normal(size=12)
+            delta *= 1e-3 / np.linalg.norm(delta)
+            quad = 0.5 * delta @ f @ delta
+            fv = np.asarray(
+                info.fisher_vector_product(fn, x[i], jnp.asarray(delta.reshape(3, 4, 1)))
+            )
+            np.testing.assert_allclose(fv.ravel(), f @ delta, rtol=1e-8, atol=1e-14)
+            kl = float(
+                info.categorical_kl(fn(x[i : i + 1]), fn(x[i : i + 1] + delta.reshape(1, 3, 4, 1)))[
+                    0
+                ]
+            )
+            assert abs(kl - quad) / quad < 1e-2
+
+
+def test_power_iteration_matches_eigvalsh():
+    fn = tanh_mlp(seed=3)
+    x = inputs(5, seed=4)
+    lam, vec = info.fisher_top_eigenpair(fn, x, jax.random.PRNGKey(0), num_iters=300, chunk_size=2)
+    stats = info.fisher_statistics(fn, x)
+    for i in range(5):
+        f = np.asarray(info.fisher_matrix(fn, x[i]), np.float64)
+        evals, evecs = np.linalg.eigh(f)
+        assert float(lam[i]) == pytest.approx(evals[-1], rel=1e-3)
+        assert float(stats["lambda_max"][i]) == pytest.approx(evals[-1], rel=1e-3)
+        assert float(stats["frobenius"][i]) == pytest.approx(np.linalg.norm(f), rel=1e-3)
+        assert float(stats["trace"][i]) == pytest.approx(np.trace(f), rel=1e-3)
+        assert abs(np.dot(evecs[:, -1], np.asarray(vec[i]).ravel())) > 0.999
+        # F has rank at most C - 1 = 4.
+        assert np.sum(evals > 1e-5 * evals[-1]) <= 4
+
+
+# ------------------------------------------------------------------------------ metric
+
+
+def brute_force_between_class(logits: np.ndarray, labels: np.ndarray) -> float:
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    p = np.exp(logp)
+    values = [
+        np.sum(p[i] * (logp[i] - logp[j]))
+        for i in range(len(labels))
+        for j in range(len(labels))
+        if labels[i] != labels[j]
+    ]
+    return float(np.mean(values))
+
+
+def test_between_class_kl_matches_brute_force():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(40, 6)) * 2
+    labels = rng.integers(0, 4, 40)
+    ref = brute_force_between_class(logits, labels)
+    for chunk in (7, 40):
+        assert float(info.between_class_kl(logits, labels, chunk_size=chunk)) == pytest.approx(
+            ref, rel=1e-5
+        )
+    sampled = float(
+        info.between_class_kl(logits, labels, key=jax.random.PRNGKey(0), num_pairs=100_000)
+    )
+    assert sampled == pytest.approx(ref, rel=0.02)
+    # Same class everywhere except one example: only pairs involving it count.
+    same = np.zeros(40, int)
+    same[3] = 1
+    only = [
+        brute_force_between_class(logits[[3, j]], np.array([1, 0])) for j in range(40) if j != 3
+    ]
+    assert float(info.between_class_kl(logits, same)) == pytest.approx(np.mean(only), rel=1e-5)
+
+
+def test_kl_identity_holds_exactly():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(6)
+        for trial in range(3):
+            logits = jnp.asarray(rng.normal(size=(60, 7)) * (1 + 2 * trial))
+            terms = info.kl_identity(logits, chunk_size=16)
+            lhs = float(terms["mean_pairwise_kl"])
+            rhs = float(terms["mutual_information"] + terms["log_dispersion"])
+            assert abs(lhs - rhs) < 1e-6
+            assert float(terms["log_dispersion"]) >= 0.0
+            # The left-hand side computed independently, pair by pair.
+            logp = np.asarray(jax.nn.log_softmax(logits))
+            brute = np.mean(
+                [
+                    np.sum(np.exp(logp[i]) * (logp[i] - logp[j]))
+                    for i in range(60)
+                    for j in range(60)
+                ]
+            )
+            assert abs(lhs - brute) < 1e-9
+
+
+# ------------------------------------------------------------------------------ worst case
+
+
+def test_worst_case_kl_matches_fisher_approximation_l2():
+    # Small l_2 ball inside the box: max KL = eps^2 lambda_max / 2 to second order, and
+    # the ascent must find a perturbation at least as good as random ones.
+    _, _, fn = linear_model(seed=7)
+    x = inputs(6, lo=0.3, hi=0.7, seed=8)
+    lam = info.fisher_statistics(fn, x)["lambda_max"]
+    eps = 0.02
+    x_worst, kl = info.kl_worst_case(
+        fn,
+        x,
+        jax.random.PRNGKey(1),
+        norm="l2",
+        eps=eps,
+        step_size=eps / 4,
+        num_steps=40,
+        chunk_size=4,
+    )
+    approx = np.asarray(info.fisher_local_kl(lam, eps=eps))
+    np.testing.assert_allclose(np.asarray(kl), approx, rtol=0.03)
+    norms = np.linalg.norm(np.asarray(x_worst - x).reshape(6, -1), axis=1)
+    assert np.all(norms <= eps * (1 + 1e-5))
+    np.testing.assert_allclose(info.categorical_kl(fn(x), fn(x_worst)), kl, rtol=1e-5)
+    # Chunking does not change the result (one key per example).
+    _, kl_whole = info.kl_worst_case(
+        fn, x, jax.random.PRNGKey(1), norm="l2", eps=eps, step_size=eps / 4, num_steps=40
+    )
+    np.testing.assert_allclose(kl_whole, kl, rtol=1e-3)
+
+
+def test_worst_case_linf_stays_in_threat_model():
+    fn = tanh_mlp(seed=9)
+    x = inputs(8, seed=10)
+    x_worst, kl = info.kl_worst_case(
+        fn, x, jax.random.PRNGKey(2), norm="linf", eps=0.1, step_size=0.025, num_steps=10
+    )
+    assert float(jnp.max(jnp.abs(x_worst - x))) <= 0.1 + 1e-6
+    assert float(jnp.min(x_worst)) >= 0.0 and float(jnp.max(x_worst)) <= 1.0
+    # The ascent beats the uniform random starts it begins from.
+    rand = x + jax.random.uniform(jax.random.PRNGKey(3), x.shape, minval=-0.1, maxval=0.1)
+    rand_kl = info.categorical_kl(fn(x), fn(jnp.clip(rand, 0, 1)))
+    assert float(jnp.mean(kl)) > 2 * float(jnp.mean(rand_kl))
+
+
+def test_decomposition_known_cases():
+    fn = tanh_mlp(seed=11)
+    x = inputs(30, seed=12)
+    y = jnp.asarray(np.random.default_rng(13).integers(0, 3, 30))
+    kwargs = dict(norm="linf", step_size=0.02, num_steps=5, chunk_size=8)
+    # eps = 0: the worst case is the clean input, so R = M and N = 0.
+    zero = info.robust_decomposition(fn, x, y, jax.random.PRNGKey(0), eps=0.0, **kwargs)
+    assert float(zero["N"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(zero["R"]) == pytest.approx(float(info.between_class_kl(fn(x), y)), rel=1e-5)
+    # eps > 0: M = R + N, and M is the between-class KL of the clean logits.
+    dec = info.robust_decomposition(fn, x, y, jax.random.PRNGKey(0), eps=0.1, **kwargs)
+    assert float(dec["M"]) == pytest.approx(float(dec["R"] + dec["N"]), rel=1e-6)
+    assert float(dec["M"]) == pytest.approx(float(zero["M"]), rel=1e-6)
+    assert float(dec["local_worst_kl"]) > 0.0
+    # A model that ignores its input has no non-robust component at any eps.
+    const = lambda v: jnp.tile(jnp.arange(3.0), (v.shape[0], 1)) + 0.0 * jnp.sum(v)  # noqa: E731
+    flat = info.robust_decomposition(const, x, y, jax.random.PRNGKey(0), eps=0.3, **kwargs)
+    assert float(flat["M"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(flat["N"]) == pytest.approx(0.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ layers
+
+
+class TwoLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.relu(nn.Dense(7)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(3)(h)
+
+
+def test_layer_representation_reads_the_named_submodule():
+    module = TwoLayer()
+    x = inputs(9)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    assert info.layer_names(module, variables, x) == ["Dense_0", "Dense_1"]
+    z = info.layer_representation(module, variables, x, chunk_size=4)
+    p = variables["params"]["Dense_0"]
+    expected = x.reshape(9, -1) @ p["kernel"] + p["bias"]
+    np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="analysis.layer"):
+        info.layer_representation(module, variables, x, layer="Conv_9")
+
+
+# ------------------------------------------------------------------------------ objective
+
+
+def fisher_config(beta: float, eps: float) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            name="fisher_kl",
+            beta=beta,
+            attack=dict(norm="linf", eps=eps, step_size=eps / 4, num_steps=5),
+        )
+    )
+
+
+def test_fisher_kl_objective_known_values():
+    module = TwoLayer()
+    x = inputs(6)
+    y = jnp.asarray([0, 1, 2, 0, 1, 2])
+    params = module.init(jax.random.PRNGKey(0), x)["params"]
+    forward = Forward(
+        train=lambda p, v: (module.apply({"params": p}, v, train=True), {}),
+        eval=lambda p, v: module.apply({"params": p}, v, train=False),
+    )
+    batch = {"x": x, "y": y}
+    logits = module.apply({"params": params}, x)
+    ce = float(jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1)))
+    key = jax.random.PRNGKey(4)
+    # eps = 0: x_F = x, the KL term is 0 and the loss is the cross-entropy.
+    loss0, aux0 = build_fisher_kl(fisher_config(5.0, 0.0)).loss_fn(
+        params, forward, batch, key, None
+    )
+    assert float(loss0) == pytest.approx(ce, rel=1e-6)
+    assert float(aux0["metrics"]["loss_fisher"]) == pytest.approx(0.0, abs=1e-7)
+    # eps > 0: loss = CE + beta * KL(p(x) || p(x_F)), with x_F the KL ascent of the analysis.
+    obj = build_fisher_kl(fisher_config(2.0, 0.2))
+    loss, aux = jax.jit(lambda p: obj.loss_fn(p, forward, batch, key, None))(params)
+    x_f, kl = info.kl_worst_case(
+        lambda v: forward.eval(params, v),
+        x,
+        key,
+        norm="linf",
+        eps=0.2,
+        step_size=0.05,
+        num_steps=5,
+    )
+    assert float(aux["metrics"]["loss_fisher"]) == pytest.approx(float(jnp.mean(kl)), rel=1e-4)
+    assert float(loss) == pytest.approx(ce + 2.0 * float(jnp.mean(kl)), rel=1e-4)
+    # Gradients flow through both p(x) and p(x_F).
+    grads = jax.grad(lambda p: obj.loss_fn(p, forward, batch, key, None)[0])(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+    with pytest.raises(ValueError, match="train.objective.gamma"):
+        build_fisher_kl(ml_collections.ConfigDict(dict(name="fisher_kl", gamma=1.0)))
+    with pytest.raises(ValueError, match="train.objective.beta"):
+        build_fisher_kl(fisher_config(-1.0, 0.1))
