@@ -394,7 +394,7 @@ def test_equal_strength_pgd_halves_on_overshoot_closed_form():
 def test_equal_strength_pgd_on_a_model_respects_band_and_ball(tiny_model):
     logits_fn, x = tiny_model
     y = jnp.argmax(logits_fn(x), axis=-1)
-    for norm, eps in (("linf", 0.5), ("l2", 4.0)):
+    for norm, eps in (("linf", 0.5), ("l2", 4.0), ("l1", 16.0)):
         res = equal_strength.equal_strength_pgd(
             logits_fn,
             x,
@@ -411,7 +411,7 @@ def test_equal_strength_pgd_on_a_model_respects_band_and_ball(tiny_model):
         assert np.all(np.asarray(res.in_band))
         assert np.all((np.asarray(res.drop) > 0.3) & (np.asarray(res.drop) <= 0.35))
         delta = np.asarray(res.x_adv - x).reshape(4, -1)
-        size = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+        size = np.linalg.norm(delta, ord={"linf": np.inf, "l2": 2, "l1": 1}[norm], axis=1)
         assert np.all(size <= eps + 1e-5)
         assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
     assert math.isfinite(float(res.drop.sum()))

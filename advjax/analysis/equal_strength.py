@@ -9,15 +9,14 @@ keeps its own step size and stops on its own; the batch is processed in one comp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from advjax import registry
-
-NORMS = ("linf", "l2")
+from advjax import geometry
 
 
 class EqualStrengthResult(NamedTuple):
@@ -30,31 +29,15 @@ class EqualStrengthResult(NamedTuple):
     step_size: jax.Array  # [B] final step size after halvings
 
 
-def _per_example_norm(v: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1))
-
-
 def _expand(v: jax.Array, like: jax.Array) -> jax.Array:
     return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def _direction(grad: jax.Array, norm: str) -> jax.Array:
-    """Steepest-ascent direction of unit norm in the threat model's norm."""
-    if norm == "linf":
-        return jnp.sign(grad)
-    return grad / _expand(jnp.maximum(_per_example_norm(grad), 1e-12), grad)
-
-
-def _project(x_adv: jax.Array, x: jax.Array, eps: float, norm: str, bounds) -> jax.Array:
-    delta = x_adv - x
-    if norm == "linf":
-        delta = jnp.clip(delta, -eps, eps)
-    else:
-        scale = jnp.minimum(1.0, eps / jnp.maximum(_per_example_norm(delta), 1e-12))
-        delta = delta * _expand(scale, delta)
-    return jnp.clip(x + delta, bounds[0], bounds[1])
-
-
+@functools.partial(
+    jax.jit,
+    static_argnums=0,
+    static_argnames=("eps", "step_size", "max_steps", "band", "norm", "init_std", "bounds"),
+)
 def equal_strength_pgd(
     logits_fn: Callable[[jax.Array], jax.Array],
     x: jax.Array,
@@ -86,14 +69,15 @@ def equal_strength_pgd(
       step_size: initial step size.
       max_steps: iteration budget per example.
       band: (lo, hi) of the target logit drop.
-      norm: 'linf' (reference default) or 'l2'.
+      norm: 'linf' (reference default), 'l2' or 'l1' (see `advjax.geometry`).
       init_std: standard deviation of the Gaussian start.
       bounds: input box.
 
     Returns:
       `EqualStrengthResult`; examples with ``in_band`` False ran out of steps or budget.
+      Compiled once per ``logits_fn`` and hyperparameters (all static).
     """
-    registry.one_of(norm, NORMS, key="analysis.attack.norm")
+    geometry.check_norm(norm, key="analysis.attack.norm")
     lo, hi = band
     if not lo < hi:
         raise ValueError(f"config key 'analysis.attack.band': need lo < hi, got {band}")
@@ -110,7 +94,7 @@ def equal_strength_pgd(
     grad_fn = jax.grad(loss_and_true_logit, has_aux=True)
 
     noise = init_std * jax.random.normal(key, x.shape, x.dtype)
-    x0 = _project(x + noise, x, eps, norm, bounds)
+    x0 = x + geometry.project(noise, x, norm=norm, eps=eps, bounds=bounds)
     g0, z0 = grad_fn(x0)
     drop0 = z_clean - z0
     state = (
@@ -129,7 +113,9 @@ def equal_strength_pgd(
 
     def body(state):
         it, xa, grad, drop, step, done, steps = state
-        cand = _project(xa + _expand(step, xa) * _direction(grad, norm), x, eps, norm, bounds)
+        direction = geometry.ascent_direction(grad, norm=norm, x_adv=xa, bounds=bounds)
+        delta = xa - x + _expand(step, xa) * direction
+        cand = x + geometry.project(delta, x, norm=norm, eps=eps, bounds=bounds)
         cand_grad, z = grad_fn(cand)
         cand_drop = z_clean - z
         active = ~done

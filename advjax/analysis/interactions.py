@@ -563,7 +563,8 @@ def shapley_values_sampled(
 # ---------------------------------------------------------------------------------------------
 
 
-def _mean_std_se(values: np.ndarray) -> dict[str, np.ndarray]:
+def mean_std_stderr(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean, unbiased std and standard error over all but the last axis, each [M]."""
     flat = values.reshape(-1, values.shape[-1])
     count = flat.shape[0]
     std = flat.std(axis=0, ddof=1) if count > 1 else np.zeros(flat.shape[1])
@@ -591,7 +592,7 @@ def interaction_strength(
     strength = np.abs(np.asarray(interactions, np.float64))
     if weighted:
         strength = strength * order_weights(orders, num_players)
-    return _mean_std_se(strength)
+    return mean_std_stderr(strength)
 
 
 def attacking_utility(values_clean: np.ndarray, values_adv: np.ndarray) -> np.ndarray:
@@ -625,8 +626,8 @@ def attacking_utility_by_order(
     """
     diff = np.asarray(interactions_clean, np.float64) - np.asarray(interactions_adv, np.float64)
     scale = num_players * (num_players - 1) * order_weights(orders, num_players)
-    out = _mean_std_se(diff * scale)
-    abs_stats = _mean_std_se(np.abs(diff) * scale)
+    out = mean_std_stderr(diff * scale)
+    abs_stats = mean_std_stderr(np.abs(diff) * scale)
     out["abs_mean"], out["abs_stderr"] = abs_stats["mean"], abs_stats["stderr"]
     return out
 

@@ -1,0 +1,89 @@
+"""Multi-order interactions of a standard and a PGD-trained MNIST model (Ren et al. 2021).
+
+`python launch/main.py --config configs/interactions.py --workdir runs/interactions
+--mode analyze` trains (or restores) both models under ``runs/interactions/models/`` (about
+6 minutes on a 2-core CPU), attacks 300 test images to a true-class logit drop in (4, 4.5],
+and estimates I^(m)(i, j) on a 7x7 grid of 4x4 cells (n = 49) for 20 neighbouring pairs per
+image, 9 orders m/n in {0.1, ..., 0.9} and 24 contexts per (pair, order) (about 4 more
+minutes). Point ``--config.analysis.models.standard.workdir`` (and ``.robust``) at finished
+runs to reuse them. Argument ``smoke``: a run of seconds.
+
+The band differs from the reference code's (8, 8.5] because the logits of small MNIST
+networks are smaller than those of ImageNet ResNets: a drop of 8 is out of reach of the
+adversarially trained model at eps = 0.3 for many images.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+    c = base.get_base_config()
+    c.data.num_test = 300  # pool of test images scanned for correct, in-band examples
+    c.eval.attacks = ml_collections.ConfigDict()
+    c.analysis = ml_collections.ConfigDict(
+        dict(
+            name="interactions",
+            models=dict(
+                standard=dict(
+                    config="configs/mnist_standard.py",
+                    workdir="",  # empty: <workdir>/models/standard
+                    overrides=dict(train=dict(num_epochs=2.0), eval=dict(num_examples=1000)),
+                ),
+                robust=dict(
+                    config="configs/mnist_pgd.py:cpu",
+                    workdir="",
+                    overrides=dict(
+                        train=dict(num_epochs=2.0),
+                        eval=dict(num_examples=1000, attacks=dict(pgd100_r10=dict(num_restarts=1))),
+                    ),
+                ),
+            ),
+            grid=(7, 7),
+            baseline="mean",  # mean | zero | blur
+            blur_sigma=2.0,
+            output="log_prob",  # log_prob | log_odds | logit
+            pairs="neighbour",  # neighbour | random
+            num_images=20,
+            num_pairs=20,
+            num_contexts=24,
+            ratios=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+            bands=(0.3, 0.7),  # low: m/n <= 0.3, high: m/n >= 0.7
+            chunk_size=512,
+            exact_grid=(3, 3),  # exact decomposition on a coarse grid; () to skip
+            attack=dict(
+                eps=0.3,
+                step_size=0.01,
+                max_steps=200,
+                band=(4.0, 4.5),
+                norm="linf",
+                init_std=0.001,
+            ),
+        )
+    )
+    if arg == "smoke":
+        c.data.num_test = 100
+        a = c.analysis
+        for name, spec in (
+            ("standard", "configs/mnist_standard.py:smoke"),
+            ("robust", "configs/mnist_pgd.py:smoke"),
+        ):
+            a.models[name].config = spec
+            a.models[name].overrides = ml_collections.ConfigDict(
+                dict(train=dict(num_epochs=6.0), eval=dict(num_examples=50))
+            )
+        # Three PGD steps at eps 0.3 on 512 images do not train; eps 0.1 does, in seconds.
+        a.models.robust.overrides.train.objective = dict(attack=dict(eps=0.1))
+        a.num_images, a.num_pairs, a.num_contexts = 3, 4, 4
+        a.ratios = [0.1, 0.5, 0.9]
+        a.attack.band = (0.5, 1.0)
+        a.attack.step_size = 0.02
+        a.attack.max_steps = 60
+        a.exact_grid = (2, 3)
+        a.chunk_size = 128
+    elif arg:
+        raise ValueError(f"configs/interactions.py: unknown argument {arg!r}; allowed: 'smoke'")
+    return c
