@@ -225,6 +225,48 @@ def minimize_adversarial_risk(
     return out.reshape(-1, cov_xy.shape[0])[:n]
 
 
+def minimize_empirical_adversarial_risk(
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    norm: str,
+    eps: float,
+    fit_bias: bool = True,
+    num_steps: int = 3000,
+    learning_rate: float = 0.05,
+) -> tuple[jax.Array, jax.Array]:
+    """Minimiser of the sample adversarial risk with the exact inner maximum (full batch).
+
+    ``min_{w, b} mean_i (|y_i - w^T x_i - b| + eps ||w||_q)^2``: the finite-sample target that
+    PGD adversarial training of the linear model should reach (Adam, cosine decay to 0).
+
+    Returns:
+      ``(w [d], b)``.
+    """
+    geometry.check_norm(norm)
+    x = jnp.asarray(x, jnp.float32)
+    y = jnp.asarray(y, jnp.float32)
+    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.0))
+
+    def risk(params):
+        w, b = params
+        b = b if fit_bias else 0.0
+        return jnp.mean(adversarial_squared_loss(w, x, y, norm=norm, eps=eps, bias=b))
+
+    @jax.jit
+    def solve(params):
+        def step(carry, _):
+            p, st = carry
+            updates, st = opt.update(jax.grad(risk)(p), st, p)
+            return (optax.apply_updates(p, updates), st), None
+
+        (p, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=num_steps)
+        return p
+
+    w, b = solve((jnp.zeros((x.shape[1],), jnp.float32), jnp.zeros((), jnp.float32)))
+    return w, (b if fit_bias else jnp.zeros(()))
+
+
 # ---------------------------------------------------------------------------------------
 # Tsipras et al. 2019 toy model (section 2.1).
 # ---------------------------------------------------------------------------------------
