@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from advjax import geometry, losses
+from advjax.attacks import name_id
 from advjax.registry import ATTACKS
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -116,7 +116,7 @@ def _key_data(key: jax.Array) -> list[int]:
 
 
 def _attack_id(name: str) -> int:
-    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+    return name_id(name)
 
 
 def _example_keys(key: jax.Array, attack_id: int, n: int) -> jax.Array:

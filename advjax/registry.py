@@ -121,6 +121,11 @@ ATTACKS = Registry(
     {
         "fgsm": "advjax.attacks.pgd:build_fgsm",
         "pgd": "advjax.attacks.pgd:build_pgd",
+        "apgd_ce": "advjax.attacks.apgd:build_apgd_ce",
+        "apgd_dlr": "advjax.attacks.apgd:build_apgd_dlr",
+        "apgd_t": "advjax.attacks.apgd:build_apgd_t",
+        "square": "advjax.attacks.square:build_square",
+        "ensemble": "advjax.attacks.ensemble:build_ensemble",
     },
 )
 

@@ -13,13 +13,21 @@ Submodules are imported on use, not here.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["example_keys", "config_values", "check_number", "check_choice", "fold_in_each"]
+__all__ = [
+    "example_keys",
+    "config_values",
+    "check_number",
+    "check_choice",
+    "fold_in_each",
+    "name_id",
+]
 
 
 def example_keys(key: jax.Array, batch: int) -> jax.Array:
@@ -43,6 +51,11 @@ def example_keys(key: jax.Array, batch: int) -> jax.Array:
     if key.shape[0] != batch:
         raise ValueError(f"got {key.shape[0]} per-example keys for a batch of {batch}")
     return key
+
+
+def name_id(name: str) -> int:
+    """A stable non-negative int for ``name`` (crc32), to ``fold_in`` per-attack keys."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
 def fold_in_each(keys: jax.Array, data: int) -> jax.Array:

@@ -1,0 +1,415 @@
+"""Auto-PGD (APGD-CE, APGD-DLR) and its targeted version APGD-T.
+
+Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", Algorithm 1: PGD with momentum (alpha = 0.75), an
+initial step ``eta = 2 eps`` and checkpoints ``w_j = ceil(p_j N)`` with ``p_0 = 0``,
+``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``. At a checkpoint
+the step is halved and the iterate restarts from the best point found so far if
+
+1. the loss increased in fewer than ``rho (w_j - w_{j-1})`` of the steps since the
+   last checkpoint (``rho = 0.75``), or
+2. the step was not halved at the last checkpoint and the best loss has not improved
+   since then.
+
+APGD-T (Sec. 4) runs the targeted DLR loss against each of the ``num_targets`` classes
+with the highest clean logits and keeps, per example, the first success. A point
+counts as adversarial whenever it is misclassified; the attack returns, per example,
+a misclassified point if it found one, else the highest-loss point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advjax import geometry, losses
+from advjax.attacks import check_choice, check_number, config_values, example_keys, fold_in_each
+from advjax.attacks.pgd import better
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+APGD_NORMS = ("linf", "l2")
+APGD_LOSSES = ("ce", "dlr", "margin")
+
+
+def checkpoints(num_steps: int) -> list[int]:
+    """APGD checkpoint iterations ``w_j = ceil(p_j N)`` (Croce & Hein 2020, Sec. 3.2)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    w = sorted({math.ceil(q * num_steps) for q in p if q <= 1.0})
+    return [v for v in w if 0 < v <= num_steps]
+
+
+def _expand(v: jax.Array, like: jax.Array) -> jax.Array:
+    return v.reshape((like.shape[0],) + (1,) * (like.ndim - 1))
+
+
+def _where(mask: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.where(_expand(mask, a) if a.ndim > 1 else mask, a, b)
+
+
+def _apgd_run(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    keys: jax.Array,
+    eps: jax.Array,
+    target: jax.Array | None,
+    *,
+    norm: str,
+    num_steps: int,
+    loss: str,
+    bounds: tuple[float, float],
+    rho: float,
+    momentum: float,
+):
+    """One APGD run; returns (x_adv, success, loss) per example."""
+    batch = x.shape[0]
+
+    def objective(xa):
+        logits = logits_fn(xa)
+        lv = losses.attack_loss(loss, logits, y, target=target)
+        succ = jnp.argmax(logits, axis=1) != y
+        return jnp.sum(lv), (lv, succ)
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+    def proj(xa):
+        return x + geometry.project(xa - x, x, norm=norm, eps=eps, bounds=bounds)
+
+    def step(xa, g, eta):
+        return proj(xa + _expand(eta, xa) * geometry.ascent_direction(g, norm=norm))
+
+    delta0 = jax.vmap(
+        lambda k, xi, ei: geometry.random_init(k, xi[None], norm=norm, eps=ei, bounds=bounds)[0]
+    )(keys, x, eps)
+    x0 = x + delta0
+    (_, (f0, s0)), g0 = grad_fn(x0)
+
+    ckpt = checkpoints(num_steps)
+    is_ckpt = np.zeros(num_steps + 1, bool)
+    seg = np.ones(num_steps + 1, np.float32)
+    prev = 0
+    for w in ckpt:
+        is_ckpt[w] = True
+        seg[w] = w - prev
+        prev = w
+    is_ckpt, seg = jnp.asarray(is_ckpt), jnp.asarray(seg)
+
+    state = {
+        "x": x0, "x_prev": x0, "g": g0, "f": f0,
+        "x_max": x0, "g_max": g0, "f_max": f0,
+        "eta": 2.0 * eps,
+        "count": jnp.zeros((batch,), jnp.float32),
+        "f_max_last": f0,
+        "reduced_last": jnp.zeros((batch,), bool),
+        "x_adv": x0, "found": s0,
+    }  # fmt: skip
+
+    def body(k, s):
+        z = step(s["x"], s["g"], s["eta"])
+        blended = proj(s["x"] + momentum * (z - s["x"]) + (1 - momentum) * (s["x"] - s["x_prev"]))
+        x_new = jnp.where(k == 0, z, blended)
+        (_, (f_new, succ)), g_new = grad_fn(x_new)
+        newly = succ & ~s["found"]
+        x_adv = _where(newly, x_new, s["x_adv"])
+        found = s["found"] | succ
+        count = s["count"] + (f_new > s["f"]).astype(jnp.float32)
+        up = f_new > s["f_max"]
+        x_max = _where(up, x_new, s["x_max"])
+        g_max = _where(up, g_new, s["g_max"])
+        f_max = jnp.where(up, f_new, s["f_max"])
+
+        at_ckpt = is_ckpt[k + 1]
+        cond1 = count < rho * seg[k + 1]
+        cond2 = ~s["reduced_last"] & (s["f_max_last"] >= f_max)
+        reduce = at_ckpt & (cond1 | cond2)
+        eta = jnp.where(reduce, 0.5 * s["eta"], s["eta"])
+        x_cur = _where(reduce, x_max, x_new)
+        return {
+            "x": x_cur,
+            "x_prev": _where(reduce, x_max, s["x"]),
+            "g": _where(reduce, g_max, g_new),
+            "f": jnp.where(reduce, f_max, f_new),
+            "x_max": x_max,
+            "g_max": g_max,
+            "f_max": f_max,
+            "eta": eta,
+            "count": jnp.where(at_ckpt, 0.0, count),
+            "f_max_last": jnp.where(at_ckpt, f_max, s["f_max_last"]),
+            "reduced_last": jnp.where(at_ckpt, reduce, s["reduced_last"]),
+            "x_adv": x_adv,
+            "found": found,
+        }
+
+    s = jax.lax.fori_loop(0, num_steps, body, state)
+    x_out = _where(s["found"], s["x_adv"], s["x_max"])
+    return x_out, s["found"], s["f_max"]
+
+
+def _validate_runtime(norm: str, loss: str, num_steps: int, num_restarts: int) -> None:
+    check_choice(norm, APGD_NORMS, attack="apgd", key="norm")
+    check_choice(loss, APGD_LOSSES, attack="apgd", key="loss")
+    if num_steps < 1 or num_restarts < 1:
+        raise ValueError(
+            f"apgd needs num_steps >= 1 and num_restarts >= 1, got {num_steps}, {num_restarts}"
+        )
+
+
+def _worst_over_restarts(run, keys, num_restarts: int, x: jax.Array):
+    if num_restarts == 1:
+        return run(keys)
+    rkeys = jax.vmap(lambda r: fold_in_each(keys, r))(jnp.arange(num_restarts))
+    xs, ss, ls = jax.vmap(run)(rkeys)
+    any_succ = jnp.any(ss, axis=0)
+    rank = jnp.where(any_succ[None], jnp.where(ss, ls, -jnp.inf), ls)
+    best = jnp.argmax(rank, axis=0)
+    pick = lambda a: jnp.take_along_axis(  # noqa: E731
+        a, best.reshape((1, -1) + (1,) * (a.ndim - 2)), axis=0
+    )[0]
+    return pick(xs), any_succ, pick(ls)
+
+
+def apgd(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    key: jax.Array,
+    *,
+    norm: str = "linf",
+    eps: jax.Array | float,
+    num_steps: int = 100,
+    loss: str = "ce",
+    num_restarts: int = 1,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    rho: float = 0.75,
+    momentum: float = 0.75,
+) -> jax.Array:
+    """Untargeted APGD (Croce & Hein 2020, Alg. 1) on the CE or DLR loss.
+
+    Args:
+      logits_fn: eval-mode ``x -> logits``.
+      x: clean inputs ``(batch, ...)``.
+      y: true labels ``(batch,)``.
+      key: one PRNG key or per-example keys.
+      norm: 'linf' or 'l2'.
+      eps: scalar or ``(batch,)`` radius.
+      num_steps: iterations N (static).
+      loss: 'ce' (APGD-CE), 'dlr' (APGD-DLR) or 'margin'.
+      num_restarts: random restarts, worst case per example (a vmap axis).
+      bounds: input box.
+      rho: checkpoint condition 1 threshold.
+      momentum: alpha, the weight of the new step in the momentum update.
+
+    Returns:
+      ``x_adv`` with the shape of ``x``.
+    """
+    _validate_runtime(norm, loss, num_steps, num_restarts)
+    keys = example_keys(key, x.shape[0])
+    eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (x.shape[0],))
+
+    def run(k):
+        return _apgd_run(
+            logits_fn,
+            x,
+            y,
+            k,
+            eps,
+            None,
+            norm=norm,
+            num_steps=num_steps,
+            loss=loss,
+            bounds=bounds,
+            rho=rho,
+            momentum=momentum,
+        )
+
+    return _worst_over_restarts(run, keys, num_restarts, x)[0]
+
+
+def apgd_targeted(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    key: jax.Array,
+    *,
+    norm: str = "linf",
+    eps: jax.Array | float,
+    num_steps: int = 100,
+    num_targets: int = 9,
+    loss: str = "dlr",
+    num_restarts: int = 1,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    rho: float = 0.75,
+    momentum: float = 0.75,
+) -> jax.Array:
+    """APGD-T: targeted APGD against the top ``num_targets`` other classes.
+
+    Croce & Hein 2020, Sec. 4: for each of the classes with the highest clean logits
+    (excluding ``y``), APGD on the targeted DLR loss (Eq. 7); per example the first
+    success is kept (a ``lax.scan`` over targets, restarts a vmap axis inside).
+
+    Args:
+      logits_fn: eval-mode ``x -> logits``.
+      x: clean inputs.
+      y: true labels.
+      key: one PRNG key or per-example keys.
+      norm: 'linf' or 'l2'.
+      eps: scalar or ``(batch,)`` radius.
+      num_steps: iterations per target.
+      num_targets: how many target classes (capped at ``classes - 1``).
+      loss: 'dlr' (targeted DLR, the paper's), 'ce' or 'margin' (targeted forms).
+      num_restarts: restarts per target.
+      bounds: input box.
+      rho: checkpoint condition 1 threshold.
+      momentum: momentum weight alpha.
+
+    Returns:
+      ``x_adv`` with the shape of ``x``.
+    """
+    _validate_runtime(norm, loss, num_steps, num_restarts)
+    batch = x.shape[0]
+    keys = example_keys(key, batch)
+    eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
+    clean = jax.lax.stop_gradient(logits_fn(x))
+    n_targets = max(1, min(num_targets, clean.shape[1] - 1))
+    masked = jnp.where(jax.nn.one_hot(y, clean.shape[1], dtype=bool), -jnp.inf, clean)
+    targets = jax.lax.top_k(masked, n_targets)[1].T  # (n_targets, batch)
+
+    def per_target(carry, inputs):
+        x_best, found, best_margin = carry
+        i, t = inputs
+        tkeys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+
+        def run(k):
+            return _apgd_run(
+                logits_fn,
+                x,
+                y,
+                k,
+                eps,
+                t,
+                norm=norm,
+                num_steps=num_steps,
+                loss=loss,
+                bounds=bounds,
+                rho=rho,
+                momentum=momentum,
+            )
+
+        x_t, succ_t, _ = _worst_over_restarts(run, tkeys, num_restarts, x)
+        margin_t = losses.margin(logits_fn(x_t), y)
+        take = better(margin_t, succ_t, best_margin, found)
+        x_best = _where(take, x_t, x_best)
+        best_margin = jnp.where(take, margin_t, best_margin)
+        return (x_best, found | succ_t, best_margin), None
+
+    init = (x, jnp.zeros((batch,), bool), jnp.full((batch,), -jnp.inf, x.dtype))
+    (x_best, _, _), _ = jax.lax.scan(per_target, init, (jnp.arange(n_targets), targets))
+    return x_best
+
+
+# ----------------------------------------------------------------------------- builders
+
+_APGD_DEFAULTS = {
+    "norm": "linf",
+    "num_steps": 100,
+    "num_restarts": 1,
+    "rho": 0.75,
+    "momentum": 0.75,
+}
+
+
+def _validate(v: dict, attack: str) -> None:
+    check_choice(v["norm"], APGD_NORMS, attack=attack, key="norm")
+    check_number(v["eps"], attack=attack, key="eps", minimum=0.0)
+    check_number(v["num_steps"], attack=attack, key="num_steps", minimum=1, integer=True)
+    check_number(v["num_restarts"], attack=attack, key="num_restarts", minimum=1, integer=True)
+    check_number(v["rho"], attack=attack, key="rho", minimum=0.0, maximum=1.0)
+    check_number(v["momentum"], attack=attack, key="momentum", minimum=0.0, maximum=1.0)
+    check_choice(v["loss"], APGD_LOSSES, attack=attack, key="loss")
+
+
+def _build_untargeted(cfg, *, attack: str, loss: str):
+    v = config_values(
+        cfg, attack=attack, defaults=dict(_APGD_DEFAULTS, loss=loss), required=("eps",)
+    )
+    _validate(v, attack)
+    eps_cfg = float(v["eps"])
+
+    def run(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None):
+        return apgd(
+            logits_fn,
+            x,
+            y,
+            key,
+            norm=v["norm"],
+            eps=eps_cfg if eps is None else eps,
+            num_steps=v["num_steps"],
+            loss=v["loss"],
+            num_restarts=v["num_restarts"],
+            bounds=bounds,
+            rho=v["rho"],
+            momentum=v["momentum"],
+        )
+
+    run.config = dict(v, name=attack)
+    run.budget = {"num_steps": v["num_steps"], "num_restarts": v["num_restarts"]}
+    run.white_box = True
+    return run
+
+
+def build_apgd_ce(cfg):
+    """Registry builder for 'apgd_ce'. Keys: eps, norm, num_steps, num_restarts, rho,
+    momentum, loss (default 'ce')."""
+    return _build_untargeted(cfg, attack="apgd_ce", loss="ce")
+
+
+def build_apgd_dlr(cfg):
+    """Registry builder for 'apgd_dlr' (APGD on the DLR loss)."""
+    return _build_untargeted(cfg, attack="apgd_dlr", loss="dlr")
+
+
+def build_apgd_t(cfg):
+    """Registry builder for 'apgd_t'. Keys as APGD plus num_targets (default 9), loss
+    (default 'dlr', the targeted DLR)."""
+    v = config_values(
+        cfg,
+        attack="apgd_t",
+        defaults=dict(_APGD_DEFAULTS, loss="dlr", num_targets=9),
+        required=("eps",),
+    )
+    _validate(v, "apgd_t")
+    check_number(v["num_targets"], attack="apgd_t", key="num_targets", minimum=1, integer=True)
+    eps_cfg = float(v["eps"])
+
+    def run(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None):
+        return apgd_targeted(
+            logits_fn,
+            x,
+            y,
+            key,
+            norm=v["norm"],
+            eps=eps_cfg if eps is None else eps,
+            num_steps=v["num_steps"],
+            num_targets=v["num_targets"],
+            loss=v["loss"],
+            num_restarts=v["num_restarts"],
+            bounds=bounds,
+            rho=v["rho"],
+            momentum=v["momentum"],
+        )
+
+    run.config = dict(v, name="apgd_t")
+    run.budget = {
+        "num_steps": v["num_steps"],
+        "num_restarts": v["num_restarts"],
+        "num_targets": v["num_targets"],
+    }
+    run.white_box = True
+    return run
