@@ -15,10 +15,17 @@ from advjax.data.core import Dataset, DatasetInfo, DataUnavailableError, finaliz
 def _read_split(source, image_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     n = len(source)
     images, labels = [], []
-    getitems = getattr(source, "__getitems__", None)
+    def one_by_one(idx):
+        return [source[i] for i in idx]
+
+    getitems = getattr(source, "__getitems__", None) or one_by_one
     for start in range(0, n, 1024):
         idx = list(range(start, min(start + 1024, n)))
-        records = getitems(idx) if getitems is not None else [source[i] for i in idx]
+        try:
+            records = getitems(idx)
+        except TypeError:  # tfds.testing.mock_data's source has no working batch read.
+            getitems = one_by_one
+            records = getitems(idx)
         images.extend(np.asarray(r[image_key]) for r in records)
         labels.extend(int(r[label_key]) for r in records)
     x = np.stack(images)

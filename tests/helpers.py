@@ -1,0 +1,48 @@
+"""Small builders shared by the foundation tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from advjax.data import Dataset, DatasetInfo
+
+
+def blob_images(n_train=256, n_test=128, *, shape=(8, 8, 1), num_classes=4, seed=0) -> Dataset:
+    """Separable images: class c has a bright c-th block plus noise, clipped to [0, 1]."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, num_classes, n).astype(np.int32)
+        x = rng.uniform(0, 0.3, (n, *shape)).astype(np.float32)
+        flat = x.reshape(n, -1)
+        block = flat.shape[1] // num_classes
+        for i, c in enumerate(y):
+            flat[i, c * block : (c + 1) * block] += 0.6
+        return np.clip(flat.reshape(n, *shape), 0, 1), y
+
+    train_x, train_y = make(n_train)
+    test_x, test_y = make(n_test)
+    info = DatasetInfo(name="blobs", input_shape=shape, num_classes=num_classes)
+    return Dataset(info, train_x, train_y, test_x, test_y)
+
+
+def tiny_config(objective: str = "standard", **train):
+    """A config of seconds on `blob_images` (the dataset is passed in directly)."""
+    from advjax.configlib import load_config
+
+    c = load_config("configs/mnist_standard.py:smoke")
+    c.model.name = "mlp"
+    c.model.hidden = (16,)
+    c.train.objective.name = objective
+    c.train.batch_size = 32
+    c.train.num_epochs = 2.0
+    c.train.val_examples = 64
+    c.train.val_attack.name = "none"
+    c.train.log_every_steps = 2
+    c.checkpoint.every_steps = 4
+    c.eval.batch_size = 64
+    c.eval.num_examples = 64
+    c.eval.sanity_checks = False
+    for k, v in train.items():
+        c.train[k] = v
+    return c

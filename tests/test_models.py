@@ -1,0 +1,78 @@
+"""Model registry: shapes, parameter counts, BatchNorm only updating in training."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from advjax import models
+from advjax.data import DatasetInfo
+
+MNIST = DatasetInfo("mnist", (28, 28, 1), 10)
+CIFAR = DatasetInfo("cifar", (32, 32, 3), 10)
+
+
+def build(name, info, **kw):
+    module = models.build_model(ml_collections.ConfigDict(dict(name=name, **kw)), info)
+    return module, models.init_variables(module, info, jax.random.key(0))
+
+
+def test_madry_cnn_has_the_published_parameter_count():
+    # conv 5x5x1x32 + conv 5x5x32x64 + fc 3136x1024 + fc 1024x10, with biases.
+    expected = (25 * 32 + 32) + (25 * 32 * 64 + 64) + (3136 * 1024 + 1024) + (1024 * 10 + 10)
+    _, variables = build("madry_cnn", MNIST)
+    assert models.count_params(variables["params"]) == expected == 3_274_634
+
+
+@pytest.mark.parametrize(
+    "name,info,kw",
+    [
+        ("linear", MNIST, {}),
+        ("mlp", MNIST, {"hidden": (32,)}),
+        ("small_cnn", MNIST, {}),
+        ("preact_resnet18", CIFAR, {"widths": (8, 8, 8, 8)}),
+        ("wide_resnet", CIFAR, {"depth": 10, "width": 1}),
+    ],
+)
+def test_output_shapes(name, info, kw):
+    module, variables = build(name, info, **kw)
+    x = jnp.zeros((3, *info.input_shape))
+    assert module.apply(variables, x, train=False).shape == (3, 10)
+
+
+def test_small_cnn_parameter_count_matches_its_layers():
+    _, variables = build("small_cnn", MNIST)
+    expected = (16 * 16 + 16) + (16 * 16 * 32 + 32) + (7 * 7 * 32 * 100 + 100) + (100 * 10 + 10)
+    assert models.count_params(variables["params"]) == expected
+
+
+def test_preact_resnet18_parameter_count():
+    # Conv/linear weights of PreAct ResNet-18 (Wong et al. 2020) plus BatchNorm scale/bias.
+    _, variables = build("preact_resnet18", CIFAR)
+    assert models.count_params(variables["params"]) == 11_172_170
+
+
+def test_batchnorm_statistics_change_only_in_training():
+    module, variables = build("wide_resnet", CIFAR, depth=10, width=1)
+    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+    _, updated = module.apply(variables, x, train=False, mutable=["batch_stats"])
+    jax.tree.map(np.testing.assert_array_equal, updated["batch_stats"], variables["batch_stats"])
+    _, updated = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    changed = jax.tree.leaves(
+        jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updated["batch_stats"], variables["batch_stats"])
+    )
+    assert all(changed)
+    # In eval mode predictions do not depend on the rest of the batch.
+    alone = module.apply(variables, x[:1], train=False)
+    together = module.apply(variables, x, train=False)[:1]
+    np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_model_and_field_are_named():
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'.*allowed"):
+        build("resnet9000", MNIST)
+    with pytest.raises(ValueError, match="model.hidden_units"):
+        build("mlp", MNIST, hidden_units=3)
