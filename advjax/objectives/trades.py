@@ -89,8 +89,9 @@ def build_trades(objective_config) -> Objective:
 
     Args:
       objective_config: ``beta`` (>= 0, default 6.0) and ``attack`` with ``eps``,
-        ``step_size``, ``num_steps`` and optional ``norm`` (default 'linf'); ``name``
-        is ignored (the inner maximisation is always PGD on KL). ``eps`` and
+        ``step_size``, ``num_steps`` and optional ``norm`` (default 'linf'); the inner
+        maximisation is always PGD on KL from the Gaussian start, so ``loss`` must be
+        'kl' if given and ``name``, ``random_start`` and ``num_restarts`` are ignored. ``eps`` and
         ``step_size`` are multiplied by ``batch["eps_scale"]``; the input box is
         ``forward.bounds``.
 
@@ -106,6 +107,10 @@ def build_trades(objective_config) -> Objective:
             "config key 'train.objective.attack': trades needs eps, step_size, num_steps"
         )
     attack = objective_config.attack
+    if attack.get("loss", "kl") != "kl":
+        raise ValueError(
+            f"config key 'train.objective.attack.loss': TRADES maximises KL; got {attack.loss!r}"
+        )
     norm = attack.get("norm", "linf")
     geometry.check_norm(norm, key="train.objective.attack.norm")
     eps, step_size = float(attack.eps), float(attack.step_size)
