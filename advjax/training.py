@@ -141,7 +141,7 @@ def make_train_step(
             carry=aux.get("carry", state.carry),
         )
         metrics = {"loss": loss, **aux.get("metrics", {})}
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return new_state, metrics
 
     def step(state: TrainState, batch: dict, key: jax.Array):
@@ -260,12 +260,17 @@ def state_shardings(state: TrainState, mesh: Mesh):
     return shardings
 
 
+def batch_seed(config) -> int:
+    """The seed of the batch order: changes with both ``seed`` and ``data.seed``."""
+    return int(config.data.seed + 1_000_003 * config.seed)
+
+
 def get_batch(s: Setup, step: int) -> dict:
     idx = data.batch_indices(
         step,
         num_examples=s.dataset.num_train,
         batch_size=s.config.train.batch_size,
-        seed=s.config.data.seed + 1_000_003 * s.config.seed,
+        seed=batch_seed(s.config),
     )
     batch = {"x": s.dataset.train_x[idx], "y": s.dataset.train_y[idx]}
     batch.update({k: v[idx] for k, v in s.extras.items()})
@@ -454,7 +459,7 @@ def train(
     pending = None  # Metrics of the step in flight: fetched after the next dispatch.
     window_start, window_examples = time.time(), 0
     bar = tqdm(
-        total=s.total_steps, initial=start_step, disable=not config.train.progress,
+        total=s.total_steps, initial=start_step, disable=not show_progress(config),
         desc=f"train {config.train.objective.name}", unit="step", dynamic_ncols=True,
     )
     step = start_step
@@ -493,7 +498,8 @@ def train(
                 if score is not None and (meta["best"] is None or score > meta["best"]):
                     meta["best"], meta["best_step"], is_best = score, step, True
                 drop = config.train.early_stop_drop
-                if drop > 0 and score is not None and score < meta["best"] - drop:
+                ramped = step >= int(config.train.eps_ramp_fraction * s.total_steps)
+                if drop > 0 and ramped and score is not None and score < meta["best"] - drop:
                     meta["stopped_early"] = True
                     print(
                         f"Early stop at step {step}: validation score {score:.3f} fell more than "
@@ -535,6 +541,11 @@ def train(
         "num_devices": s.mesh.size,
     }
     return TrainResult(model=model, best_model=best_model, summary=summary)
+
+
+def show_progress(config) -> bool:
+    """Progress bars are on unless ``train.progress`` is off or ADVJAX_PROGRESS=0."""
+    return bool(config.train.progress) and os.environ.get("ADVJAX_PROGRESS", "1") != "0"
 
 
 def _check_finite(pending, s: Setup, last_good: int | None, workdir: str) -> None:

@@ -10,12 +10,28 @@ from __future__ import annotations
 import ml_collections  # noqa: F401 - configs use base.ml_collections
 
 
-def pgd_attack(*, norm: str = "linf", eps: float, step_size: float, num_steps: int,
-               random_start: bool = True, num_restarts: int = 1, loss: str = "ce"):
+def pgd_attack(
+    *,
+    norm: str = "linf",
+    eps: float,
+    step_size: float,
+    num_steps: int,
+    random_start: bool = True,
+    num_restarts: int = 1,
+    loss: str = "ce",
+):
     """An attack config for `advjax.attacks.pgd.build_pgd`."""
     return ml_collections.ConfigDict(
-        dict(name="pgd", norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
-             random_start=random_start, num_restarts=num_restarts, loss=loss)
+        dict(
+            name="pgd",
+            norm=norm,
+            eps=eps,
+            step_size=step_size,
+            num_steps=num_steps,
+            random_start=random_start,
+            num_restarts=num_restarts,
+            loss=loss,
+        )
     )
 
 
@@ -66,7 +82,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.eval_every_steps = 0  # 0 = once per epoch
     c.train.val_examples = 1000  # examples of the validation split used in periodic evaluation
     c.train.val_attack = pgd_attack(eps=0.3, step_size=0.1, num_steps=5)
-    c.train.early_stop_drop = 0.0  # > 0: stop when val robust acc falls this far below its best
+    # > 0: stop when the validation score (robust accuracy if an attack is set) falls this
+    # far below its best, once any eps ramp is over (catastrophic overfitting, Wong et al.).
+    c.train.early_stop_drop = 0.0
     c.train.progress = True
 
     c.eval = ml_collections.ConfigDict()

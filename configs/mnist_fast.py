@@ -23,13 +23,13 @@ def get_config(arg: str | None = None):
     c.train.objective = base.ml_collections.ConfigDict(
         dict(
             name="pgd_at",
-            attack=base.pgd_attack(eps=0.3, step_size=0.375, num_steps=1),
+            attack=base.pgd_attack(eps=0.3, step_size=0.1, num_steps=3),
             clean_weight=0.0,
         )
     )
     c.train.batch_size = 100
     c.train.num_epochs = 8.0
-    c.train.eps_ramp_fraction = 0.25
+    c.train.eps_ramp_fraction = 0.2
     c.train.optimizer.name = "adam"
     c.train.optimizer.learning_rate = 5e-3
     c.train.optimizer.schedule = "cyclic"

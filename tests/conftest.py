@@ -8,6 +8,7 @@ import pathlib
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("ADVJAX_PROGRESS", "0")  # No progress bars in test logs.
 
 import pytest  # noqa: E402
 

@@ -43,6 +43,7 @@ def tiny_config(objective: str = "standard", **train):
     c.eval.batch_size = 64
     c.eval.num_examples = 64
     c.eval.sanity_checks = False
+    c.train.progress = False
     for k, v in train.items():
         c.train[k] = v
     return c

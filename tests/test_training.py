@@ -1,0 +1,162 @@
+"""The train step and loop: closed-form updates, compile-once, EMA, NaN handling, devices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from helpers import blob_images, tiny_config
+
+from advjax import checkpoints, data, losses, models, runs, training
+from advjax.objectives import build_objective
+
+
+def _linear_setup(objective_cfg, lr=0.1):
+    ds = blob_images(64, 16)
+    module = models.build_model(ml_collections.ConfigDict({"name": "linear"}), ds.info)
+    objective = build_objective(ml_collections.ConfigDict(objective_cfg))
+    tx = optax.sgd(lr)
+    variables = models.init_variables(module, ds.info, jax.random.key(0))
+    params = variables.pop("params")
+    state = training.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
+                                opt_state=tx.init(params))
+    batch = {"x": jnp.asarray(ds.train_x[:32]), "y": jnp.asarray(ds.train_y[:32])}
+    return module, objective, tx, state, batch
+
+
+def test_standard_step_is_one_sgd_step_on_the_cross_entropy():
+    module, objective, tx, state, batch = _linear_setup({"name": "standard"}, lr=0.1)
+    step = training.make_train_step(module, objective, tx)
+    new_state, metrics = step(state, batch, jax.random.key(1))
+
+    def ce(params):
+        logits = module.apply({"params": params}, batch["x"])
+        return jnp.mean(losses.cross_entropy(logits, batch["y"]))
+
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, jax.grad(ce)(state.params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 new_state.params, expected)
+    np.testing.assert_allclose(metrics["loss"], ce(state.params), rtol=1e-6)
+    assert int(new_state.step) == 1
+
+
+def test_pgd_at_with_zero_eps_equals_standard_training_loss():
+    _, standard, _, state, batch = _linear_setup({"name": "standard"})
+    module, pgd_at, _, _, _ = _linear_setup(
+        {"name": "pgd_at", "attack": {"name": "pgd", "norm": "linf", "eps": 0.0,
+                                      "step_size": 0.1, "num_steps": 3}}
+    )
+    forward = training.make_forward(module, {}, jax.random.key(0))
+    loss_std, _ = standard.loss_fn(state.params, forward, batch, jax.random.key(2), None)
+    loss_adv, _ = pgd_at.loss_fn(state.params, forward, batch, jax.random.key(2), None)
+    np.testing.assert_allclose(loss_adv, loss_std, rtol=1e-6)
+
+
+def test_pgd_at_loss_is_the_loss_at_the_attack_point():
+    module, pgd_at, _, state, batch = _linear_setup(
+        {"name": "pgd_at", "attack": {"name": "pgd", "norm": "linf", "eps": 0.1,
+                                      "step_size": 0.05, "num_steps": 5}}
+    )
+    forward = training.make_forward(module, {}, jax.random.key(0))
+    loss_adv, _ = pgd_at.loss_fn(state.params, forward, batch, jax.random.key(3), None)
+    # For a linear model the l_inf worst case of the CE cannot exceed moving every pixel by
+    # eps against the margin; and it must exceed the clean loss.
+    clean = jnp.mean(losses.cross_entropy(forward.eval(state.params, batch["x"]), batch["y"]))
+    assert loss_adv > clean
+
+
+def test_train_step_compiles_once_across_steps():
+    module, objective, tx, state, batch = _linear_setup({"name": "standard"})
+    traces = []
+    step_fn = training.make_train_step(module, objective, tx)
+
+    def counted(state, batch, key):
+        traces.append(1)
+        return step_fn(state, batch, key)
+
+    jitted = jax.jit(counted)
+    for i in range(4):
+        state, _ = jitted(state, {k: v + 0.0 * i for k, v in batch.items()} | {"y": batch["y"]},
+                          jax.random.key(0))
+    assert len(traces) == 1 and int(state.step) == 4
+
+
+def test_ema_is_the_exponential_average_of_parameters():
+    module, objective, tx, state, batch = _linear_setup({"name": "standard"})
+    state = state.replace(ema_params=state.params)
+    step = jax.jit(training.make_train_step(module, objective, tx, ema_decay=0.9))
+    s1, _ = step(state, batch, jax.random.key(0))
+    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, state.params, s1.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), s1.ema_params, expected)
+
+
+def test_training_learns_and_writes_the_record(tmp_path):
+    config = tiny_config(num_epochs=6.0)
+    config.train.optimizer.learning_rate = 1e-2
+    report = runs.train_and_evaluate(config, str(tmp_path), dataset=blob_images())
+    assert report["eval"]["clean_accuracy"] > 0.9  # Separable blobs.
+    assert {"config.json", "metrics.jsonl", "report.json", "checkpoints"} <= set(os.listdir(tmp_path))
+    records = runs.read_metrics(str(tmp_path))
+    assert any("examples_per_sec" in r for r in records) and any("val_accuracy" in r for r in records)
+    model = runs.load_trained(str(tmp_path))
+    ds = blob_images()
+    acc = np.mean(np.argmax(model.logits_fn(ds.test_x[:64]), -1) == ds.test_y[:64])
+    assert acc == pytest.approx(report["eval"]["clean_accuracy"], abs=1e-6)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(num_epochs=3.0)
+    config.checkpoint.every_steps = 2
+    ds = blob_images()
+    # Poison one example of the batch at step index 4 (the 5th step): steps 1-4 are
+    # finite, so checkpoints 2 and 4 are written, and the 5th update is NaN.
+    poisoned = data.batch_indices(4, num_examples=ds.num_train, batch_size=32,
+                                  seed=training.batch_seed(config))[0]
+    ds.train_x[poisoned] = np.nan
+    with pytest.raises(training.TrainingDivergedError, match="loss became nan at step 5") as err:
+        runs.train_and_evaluate(config, str(tmp_path), dataset=ds)
+    assert "last good checkpoint (step 4)" in str(err.value)
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
+    assert max(ckpt.all_steps()) == 4
+    ckpt.close()
+    model = runs.load_trained(str(tmp_path))
+    assert model.step == 4
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(model.variables))
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_data_parallel_training_matches_one_device(tmp_path):
+    """Eight virtual CPU devices give the same parameters as one, within float tolerance."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
+        import jax, ml_collections, numpy as np
+        assert len(jax.devices()) == 8, jax.devices()
+        from helpers import blob_images, tiny_config
+        from advjax import runs
+        out = []
+        for n in (8, 1):
+            c = tiny_config(num_epochs=2.0, num_devices=n)
+            c.model = ml_collections.ConfigDict(dict(name="small_cnn", channels=(4, 8), hidden=16))
+            m = runs.train_or_load(c, os.path.join({str(tmp_path)!r}, str(n)),
+                                   dataset=blob_images(shape=(28, 28, 1)))
+            out.append(jax.tree.leaves(m.variables))
+        for a, b in zip(*out):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+        print("OK")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
