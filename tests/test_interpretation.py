@@ -3,6 +3,7 @@ target processing and the objective's per-example target arrays."""
 
 from __future__ import annotations
 
+import json
 import types
 
 import flax.linen as nn
@@ -229,3 +230,23 @@ def test_build_interpretation_validates_config():
     )
     with pytest.raises(ValueError, match="teacher_workdir"):
         objective.extra_train_arrays(dataset)
+
+
+def test_notebook_runs_and_checks_hold(run_notebook):
+    nb = run_notebook("interpretability.ipynb")
+    lines = [
+        line
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        for line in out.get("text", "").splitlines()
+        if line.startswith("NOTEBOOK_CHECKS ")
+    ]
+    assert len(lines) == 1
+    checks = json.loads(lines[0].removeprefix("NOTEBOOK_CHECKS "))
+    assert checks["smoothgrad_sigma0_max_abs_diff"] < 1e-6
+    assert checks["ig_completeness_max_rel_error"] < 0.01
+    assert abs(checks["cos_term_own_gradients"]) < 1e-6
+    assert checks["lambda_cs0_gap"] < 1e-5
+    assert checks["num_models"] == 3
+    assert checks["robust_le_clean"]

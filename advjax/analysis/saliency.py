@@ -454,7 +454,8 @@ def saliency_grid(
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
     for c, name in enumerate(["input", *shown], start=0):
-        axes[0, c].set_title(name, fontsize=7)
+        # Long run names wrap at underscores so neighbouring titles do not collide.
+        axes[0, c].set_title(name.replace("_", "\n") if len(name) > 10 else name, fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
     return plots.save(fig, path)

@@ -339,6 +339,19 @@ def build_interpretation(objective_config):
     from advjax.objectives import Objective
 
     cfg = dict(objective_config)
+    unknown_top = set(cfg) - {
+        "name",
+        "lambda_cs",
+        "lambda_gm",
+        "variant",
+        "lambda_match",
+        "targets",
+    }
+    if unknown_top:
+        raise ValueError(
+            f"config key 'train.objective.{sorted(unknown_top)[0]}': objective 'interpretation' "
+            "takes lambda_cs, lambda_gm, variant, lambda_match, targets"
+        )
     variant = cfg.get("variant", "cosine")
     if variant not in VARIANTS:
         raise ValueError(
