@@ -41,7 +41,9 @@ def checkpoints(num_steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    w = sorted({math.ceil(q * num_steps) for q in p if q <= 1.0})
+    # The p_j are decimals with two digits; the small offset keeps float rounding
+    # (0.22 + 0.19 = 0.41000000000000003) from moving a checkpoint by one step.
+    w = sorted({math.ceil(q * num_steps - 1e-6) for q in p if q <= 1.0})
     return [v for v in w if 0 < v <= num_steps]
 
 
