@@ -31,13 +31,20 @@ def get_config(arg: str | None = None):
                 standard=dict(
                     config="configs/mnist_standard.py",
                     workdir="",  # empty: <workdir>/models/standard
-                    overrides=dict(train=dict(num_epochs=2.0), eval=dict(num_examples=1000)),
+                    overrides=dict(train=dict(num_epochs=1.0), eval=dict(num_examples=1000)),
                 ),
                 robust=dict(
                     config="configs/mnist_pgd.py:cpu",
                     workdir="",
+                    # CPU-sized PGD-AT: PGD-5 (step 0.1) at eps 0.3 ramped in over the first
+                    # 30% of 2 epochs on 30k images.
                     overrides=dict(
-                        train=dict(num_epochs=2.0),
+                        data=dict(num_train=30_000),
+                        train=dict(
+                            num_epochs=2.0,
+                            eps_ramp_fraction=0.3,
+                            objective=dict(attack=dict(num_steps=5, step_size=0.1)),
+                        ),
                         eval=dict(num_examples=1000, attacks=dict(pgd100_r10=dict(num_restarts=1))),
                     ),
                 ),
@@ -49,7 +56,7 @@ def get_config(arg: str | None = None):
             pairs="neighbour",  # neighbour | random
             num_images=20,
             num_pairs=20,
-            num_contexts=24,
+            num_contexts=16,
             ratios=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
             bands=(0.3, 0.7),  # low: m/n <= 0.3, high: m/n >= 0.7
             chunk_size=512,

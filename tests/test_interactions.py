@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -415,3 +417,39 @@ def test_equal_strength_pgd_on_a_model_respects_band_and_ball(tiny_model):
         assert np.all(size <= eps + 1e-5)
         assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
     assert math.isfinite(float(res.drop.sum()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook (runs the experiment end to end at smoke size)
+# ---------------------------------------------------------------------------------------------
+
+
+def _printed(nb, tag):
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            for line in out.get("text", "").splitlines():
+                if line.startswith(tag + " "):
+                    return json.loads(line[len(tag) + 1 :])
+    raise AssertionError(f"notebook printed no {tag} line")
+
+
+def test_notebook_known_answers_and_experiment(run_notebook):
+    nb = run_notebook("interactions.ipynb")
+    checks = _printed(nb, "CHECKS")
+    # n = 8, k = 5: I^(3) = +1, I^(4) = -1, 0 elsewhere; the coupled pair has b = 0.75.
+    np.testing.assert_allclose(checks["threshold_curve"], [0, 0, 0, 1, -1, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(checks["pairwise_coupled"], 0.75, atol=1e-6)
+    for key in (
+        "decomposition_residual",
+        "shapley_efficiency_residual",
+        "sii_minus_mean_over_orders",
+    ):
+        assert abs(checks[key]) < 1e-10
+    result = _printed(nb, "NOTEBOOK_RESULT")
+    assert result["num_images"] >= 2
+    lo, hi = result["band"]
+    for drop in result["drop_mean"].values():
+        assert lo < drop <= hi  # every kept adversarial example lies in the band
+    for residual in result["exact_residual"].values():
+        assert residual < 1e-10  # v(N) - v(empty) decomposition on the model's own game
+    assert result["figures"] and all(os.path.getsize(p) > 0 for p in result["figures"])
