@@ -245,7 +245,12 @@ def run(config, workdir: str) -> dict:
     report["figures"] = [os.path.relpath(p, workdir) for p in figures]
     with open(os.path.join(workdir, "small_data.json"), "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
-    return report
+    flat = {
+        f"standard_accuracy_eps{e}_n{n}": acc
+        for e, accs in std_mean.items()
+        for n, acc in zip(sizes, accs, strict=True)
+    }
+    return flat | report
 
 
 def accuracy_figure(path, sizes, curves, errors, *, ylabel: str, title: str) -> str:
