@@ -294,3 +294,21 @@ def test_fisher_kl_objective_known_values():
         build_fisher_kl(ml_collections.ConfigDict(dict(name="fisher_kl", gamma=1.0)))
     with pytest.raises(ValueError, match="train.objective.beta"):
         build_fisher_kl(fisher_config(-1.0, 0.1))
+
+
+# ------------------------------------------------------------------------------ notebook
+
+
+def test_notebook_runs_and_its_checks_hold(run_notebook):
+    import json
+
+    nb = run_notebook("information.ipynb")
+    last = nb.cells[-1]
+    text = "".join(o.get("text", "") for o in last.outputs if o.output_type == "stream")
+    checks = json.loads(text.strip().splitlines()[-1])
+    assert checks["fisher_closed_form_max_abs_error"] < 1e-4
+    assert checks["lambda_max_power_vs_eigvalsh_rel_error"] < 1e-3
+    assert checks["kl_quadratic_rel_error_at_1e-3"] < 1e-2
+    assert checks["ksg_max_abs_error"] < 0.05
+    assert checks["kl_identity_max_residual"] < 1e-5
+    assert checks["decomposition_max_residual"] < 1e-5

@@ -1,0 +1,511 @@
+"""Robust and non-robust components of the between-class KL over training (Shi et al.).
+
+``python launch/main.py --config configs/information.py --workdir DIR --mode analyze``
+trains one model per regime of ``config.analysis.regimes`` (standard, PGD-AT, TRADES, and
+optionally the Fisher/KL objective) through `advjax.runs.train_or_load`, under
+``DIR/models/<regime>``. At every periodic evaluation an ``eval_hook`` measures on a fixed
+set of test examples:
+
+* clean accuracy and robust accuracy (PGD on the cross-entropy, ``analysis.attack``);
+* the metric M, its robust component R_eps and its non-robust component N_eps = M - R_eps,
+  and the local worst-case KL (`advjax.analysis.information.robust_decomposition`,
+  threat model ``analysis.threat``);
+* the input Fisher information: mean ||F(x)||_F, lambda_max(F(x)) and trace F(x);
+* I(Y; Z) between the label and a layer's representation on clean and on adversarial
+  inputs (InfoNCE with a small critic), and the plug-in I(Y; Y_hat).
+
+The values go to ``DIR/models/<regime>/metrics.jsonl``; ``run`` collects them into
+``DIR/information.json`` with the final-model extras (the exact identity
+E KL = I(X; Y_hat) + dispersion, power iteration against the Gram eigenvalue, the l_2
+worst-case KL against eps^2 lambda_max / 2), checks the paper's qualitative findings and
+draws ``DIR/figures/*.png``. The math lives in `advjax.analysis.information` and
+`advjax.analysis.mutual_information`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from advjax import data, plots, registry
+from advjax.analysis import information as info
+from advjax.analysis import mutual_information as mi
+
+ADVERSARIAL = ("pgd_at", "trades", "fisher_kl", "mart", "fgsm_rs", "free_at")
+CURVE_KEYS = (
+    "clean_accuracy",
+    "robust_accuracy",
+    "M",
+    "R",
+    "N",
+    "local_worst_kl",
+    "fisher_frobenius",
+    "fisher_lambda_max",
+    "fisher_trace",
+    "mi_yz_clean",
+    "mi_yz_adv",
+    "mi_y_yhat_clean",
+    "mi_y_yhat_adv",
+)
+PREFIX = "info_"
+
+
+# ---------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------
+
+
+def _check(cond: bool, key: str, value, allowed: str) -> None:
+    if not cond:
+        raise ValueError(f"config key 'analysis.{key}': got {value!r}; {allowed}")
+
+
+def validate_analysis(a: ml_collections.ConfigDict) -> None:
+    """Checks ``config.analysis`` before any compute."""
+    _check(len(a.regimes) >= 1, "regimes", list(a.regimes.keys()), "need at least one regime")
+    for name in a.regimes.keys():
+        registry.OBJECTIVES.check(a.regimes[name].name, key=f"analysis.regimes.{name}.name")
+    for key in ("num_examples", "fisher_examples", "chunk_size", "mi_steps", "mi_batch_size"):
+        _check(int(a[key]) >= 1, key, a[key], "must be >= 1")
+    _check(
+        a.fisher_examples <= a.num_examples,
+        "fisher_examples",
+        a.fisher_examples,
+        "must be <= analysis.num_examples",
+    )
+    for section in ("threat", "attack"):
+        registry.one_of(a[section].norm, ("linf", "l2", "l1"), key=f"analysis.{section}.norm")
+        _check(
+            a[section].eps >= 0 and a[section].num_steps >= 1,
+            f"{section}",
+            a[section].to_dict(),
+            "need eps >= 0 and num_steps >= 1",
+        )
+    _check(a.l2_eps > 0, "l2_eps", a.l2_eps, "must be > 0")
+    registry.one_of(a.mi_bound, mi.BOUNDS, key="analysis.mi_bound")
+
+
+def regime_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The training config of one regime: ``config`` with ``train.objective`` replaced."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.train.objective = ml_collections.ConfigDict(config.analysis.regimes[name].to_dict())
+    return c
+
+
+# ---------------------------------------------------------------------------------------
+# The per-evaluation probe (compiled once, reused for every regime and epoch)
+# ---------------------------------------------------------------------------------------
+
+
+class InformationProbe:
+    """Computes the tracked quantities of a model on a fixed evaluation set.
+
+    Every computation is a jitted function of the model variables, so evaluations at
+    later epochs and of other regimes with the same architecture reuse the compilation.
+
+    Args:
+      analysis: ``config.analysis``.
+      x: [N, ...] evaluation inputs.
+      y: [N] labels.
+      num_classes: number of classes.
+      bounds: input box.
+      key: PRNG key; the same randomness is used at every evaluation (paired comparisons).
+    """
+
+    def __init__(self, analysis, x, y, *, num_classes: int, bounds, key: jax.Array):
+        self.a = analysis
+        self.x = jnp.asarray(x)
+        self.y = jnp.asarray(y)
+        self.num_classes = num_classes
+        self.bounds = tuple(float(b) for b in bounds)
+        self.key = key
+        self._compiled: dict = {}
+
+    # -- compiled pieces -------------------------------------------------------------------
+
+    def _fns(self, module):
+        if module in self._compiled:
+            return self._compiled[module]
+        a, bounds = self.a, self.bounds
+        chunk = int(a.chunk_size)
+        attack_cfg = ml_collections.ConfigDict(dict(a.attack.to_dict(), name="pgd", loss="ce"))
+        attack = registry.ATTACKS.get("pgd")(attack_cfg)
+        threat = a.threat
+
+        def logits_with(variables):
+            return lambda v: module.apply(variables, v, train=False)
+
+        @jax.jit
+        def decomposition(variables, x, y, key):
+            out = info.robust_decomposition(
+                logits_with(variables),
+                x,
+                y,
+                key,
+                norm=threat.norm,
+                eps=float(threat.eps),
+                step_size=float(threat.step_size),
+                num_steps=int(threat.num_steps),
+                bounds=bounds,
+                chunk_size=chunk,
+            )
+            return {k: out[k] for k in ("M", "R", "N", "local_worst_kl")}
+
+        @jax.jit
+        def adversarial(variables, x, y, key):
+            fn = logits_with(variables)
+
+            def rows(xr, yr, kr):
+                return attack(fn, xr, yr, kr[0], bounds=bounds)
+
+            keys = jax.random.split(key, x.shape[0])
+            return mi.chunked_map(rows, x, y, keys, chunk_size=chunk)
+
+        @jax.jit
+        def logits(variables, x):
+            return info.batched_logits(logits_with(variables), x, chunk_size=chunk)
+
+        @jax.jit
+        def fisher(variables, x):
+            return info.fisher_statistics(logits_with(variables), x, chunk_size=min(chunk, 64))
+
+        layer = a.layer
+        if layer == "auto":
+            names = info.layer_names(module, self._init_variables(module), self.x)
+            layer = names[-2] if len(names) >= 2 else names[-1]
+
+        @jax.jit
+        def representation(variables, x):
+            z = info.layer_representation(module, variables, x, layer=layer, chunk_size=chunk)
+            return (z - jnp.mean(z, 0)) / (jnp.std(z, 0) + 1e-6)
+
+        fns = dict(
+            decomposition=decomposition,
+            adversarial=adversarial,
+            logits=logits,
+            fisher=fisher,
+            representation=representation,
+            layer=layer,
+        )
+        self._compiled[module] = fns
+        return fns
+
+    def _init_variables(self, module):
+        return module.init(jax.random.PRNGKey(0), self.x[:1], train=False)
+
+    def representation(self, module, variables, x) -> jax.Array:
+        """The analysed layer's output, standardised per unit (critic inputs of unit scale)."""
+        return self._fns(module)["representation"](variables, x)
+
+    def mi_label_representation(self, z: jax.Array, key: jax.Array) -> float:
+        return float(
+            mi.variational_mi(
+                key,
+                mi.one_hot_labels(self.y, self.num_classes),
+                z,
+                bound=self.a.mi_bound,
+                num_steps=int(self.a.mi_steps),
+                batch_size=int(self.a.mi_batch_size),
+            )
+        )
+
+    # -- the hook --------------------------------------------------------------------------
+
+    def measure(self, module, variables) -> dict[str, float]:
+        """All per-evaluation quantities of one model (keys of `CURVE_KEYS`)."""
+        fns = self._fns(module)
+        k_dec, k_adv, k_mi = jax.random.split(self.key, 3)
+        x, y = self.x, self.y
+        out = {k: float(v) for k, v in fns["decomposition"](variables, x, y, k_dec).items()}
+        x_adv = fns["adversarial"](variables, x, y, k_adv)
+        clean_logits = fns["logits"](variables, x)
+        adv_logits = fns["logits"](variables, x_adv)
+        pred, pred_adv = jnp.argmax(clean_logits, -1), jnp.argmax(adv_logits, -1)
+        out["clean_accuracy"] = float(jnp.mean(pred == y))
+        out["robust_accuracy"] = float(jnp.mean(pred_adv == y))
+        stats = fns["fisher"](variables, x[: int(self.a.fisher_examples)])
+        out["fisher_frobenius"] = float(jnp.mean(stats["frobenius"]))
+        out["fisher_lambda_max"] = float(jnp.mean(stats["lambda_max"]))
+        out["fisher_trace"] = float(jnp.mean(stats["trace"]))
+        c = self.num_classes
+        out["mi_y_yhat_clean"] = float(mi.plugin_mi(y, pred, num_a=c, num_b=c))
+        out["mi_y_yhat_adv"] = float(mi.plugin_mi(y, pred_adv, num_a=c, num_b=c))
+        # Same critic seed and split for clean and adversarial: a paired comparison.
+        out["mi_yz_clean"] = self.mi_label_representation(
+            self.representation(module, variables, x), k_mi
+        )
+        out["mi_yz_adv"] = self.mi_label_representation(
+            self.representation(module, variables, x_adv), k_mi
+        )
+        return out
+
+    def hook(self, model, step: int, epoch: float) -> dict[str, float]:
+        """`advjax.runs.train_or_load` eval_hook: prefixed values for metrics.jsonl."""
+        del step, epoch
+        start = time.time()
+        values = self.measure(model.module, model.variables)
+        values["seconds"] = time.time() - start
+        return {PREFIX + k: v for k, v in values.items()}
+
+    def final_checks(self, module, variables) -> dict:
+        """Identity and approximation checks on the final model (small subsets)."""
+        a = self.a
+        fn = lambda v: module.apply(variables, v, train=False)  # noqa: E731
+        x = self.x[: int(a.fisher_examples)]
+        logits = self._fns(module)["logits"](variables, self.x)
+        identity = {
+            k: float(v) for k, v in info.kl_identity(logits, chunk_size=int(a.chunk_size)).items()
+        }
+        identity["residual"] = identity["mean_pairwise_kl"] - (
+            identity["mutual_information"] + identity["log_dispersion"]
+        )
+        xs = x[:16]
+        lam_power, _ = info.fisher_top_eigenpair(
+            fn, xs, jax.random.fold_in(self.key, 11), num_iters=int(a.power_iters), chunk_size=16
+        )
+        lam_gram = info.fisher_statistics(fn, xs, chunk_size=16)["lambda_max"]
+        rel = jnp.abs(lam_power - lam_gram) / jnp.maximum(lam_gram, 1e-12)
+        eps2 = float(a.l2_eps)
+        _, kl2 = info.kl_worst_case(
+            fn,
+            xs,
+            jax.random.fold_in(self.key, 12),
+            norm="l2",
+            eps=eps2,
+            step_size=eps2 / 4,
+            num_steps=20,
+        )
+        approx = info.fisher_local_kl(lam_gram, eps=eps2)
+        return {
+            "kl_identity": identity,
+            "power_iteration_vs_gram_max_rel_error": float(jnp.max(rel)),
+            "l2_local_worst_kl": float(jnp.mean(kl2)),
+            "l2_fisher_approximation": float(jnp.mean(approx)),
+            "l2_eps": eps2,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Findings and figures
+# ---------------------------------------------------------------------------------------
+
+
+def findings(curves: dict[str, dict[str, list[float]]]) -> dict:
+    """The paper's qualitative claims, checked on the recorded curves.
+
+    1. Standard training raises M mostly through N_eps (first to last evaluation,
+       Delta N > Delta R) and its Fisher norm rises.
+    2. Adversarial regimes keep ||F||_F far lower (ratio to standard at the end) and their
+       M is mostly robust (R_eps / M larger than under standard training); where M grows,
+       it grows mostly through R_eps.
+    3. Robust accuracy falls as ||F||_F rises across regimes (rank correlation < 0).
+    """
+    out: dict = {}
+    std = curves.get("standard")
+    adv = {k: v for k, v in curves.items() if k != "standard" and v.get("M")}
+    if std and std.get("M"):
+        d_m = std["M"][-1] - std["M"][0]
+        d_r = std["R"][-1] - std["R"][0]
+        d_n = std["N"][-1] - std["N"][0]
+        out["standard"] = {
+            "delta_M": d_m,
+            "delta_R": d_r,
+            "delta_N": d_n,
+            "M_grows_mostly_through_N": bool(d_n > d_r),
+            "final_N_share": std["N"][-1] / max(std["M"][-1], 1e-12),
+            "fisher_rises": bool(std["fisher_frobenius"][-1] > std["fisher_frobenius"][0]),
+        }
+    for name, cur in adv.items():
+        d_r = cur["R"][-1] - cur["R"][0]
+        d_n = cur["N"][-1] - cur["N"][0]
+        entry = {
+            "delta_M": cur["M"][-1] - cur["M"][0],
+            "delta_R": d_r,
+            "delta_N": d_n,
+            "M_grows_mostly_through_R": bool(d_r > d_n),
+            "final_R_share": cur["R"][-1] / max(cur["M"][-1], 1e-12),
+        }
+        if std and std.get("M"):
+            entry["fisher_ratio_standard_over_this"] = std["fisher_frobenius"][-1] / max(
+                cur["fisher_frobenius"][-1], 1e-12
+            )
+            entry["fisher_lower_than_standard"] = bool(
+                cur["fisher_frobenius"][-1] < std["fisher_frobenius"][-1]
+            )
+            entry["R_share_higher_than_standard"] = bool(
+                entry["final_R_share"] > 1.0 - out["standard"]["final_N_share"]
+            )
+        out[name] = entry
+    finals = [
+        (c["fisher_frobenius"][-1], c["robust_accuracy"][-1]) for c in curves.values() if c.get("M")
+    ]
+    if len(finals) >= 3:
+        f_rank = np.argsort(np.argsort([f for f, _ in finals]))
+        r_rank = np.argsort(np.argsort([r for _, r in finals]))
+        out["spearman_fisher_vs_robust_accuracy"] = float(np.corrcoef(f_rank, r_rank)[0, 1])
+    return out
+
+
+def draw_figures(curves: dict, workdir: str) -> list[str]:
+    """One PNG per tracked quantity (all regimes against epoch) and a 2 x 3 summary panel."""
+    fig_dir = os.path.join(workdir, "figures")
+    paths = []
+    specs = [
+        ("M", "between-class KL M (nats)", False),
+        ("R", "robust component R_eps (nats)", False),
+        ("N", "non-robust component N_eps (nats)", False),
+        ("fisher_frobenius", "mean ||F(x)||_F", True),
+        ("fisher_lambda_max", "mean lambda_max(F(x))", True),
+        ("clean_accuracy", "clean accuracy", False),
+        ("robust_accuracy", "robust accuracy", False),
+        ("local_worst_kl", "local worst-case KL (nats)", True),
+    ]
+    for key, label, logy in specs:
+        series = {name: c[key] for name, c in curves.items() if c.get(key)}
+        if not series:
+            continue
+        epochs = next(iter(curves.values()))["epoch"]
+        if any(len(c["epoch"]) != len(epochs) for c in curves.values()):
+            fig, ax = plots.plt.subplots(figsize=(5.5, 3.8))
+            for name, c in curves.items():
+                ax.plot(c["epoch"], c[key], marker="o", ms=3, label=name)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            if logy:
+                ax.set_yscale("log")
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+            paths.append(plots.save(fig, os.path.join(fig_dir, f"{key}.png")))
+        else:
+            paths.append(
+                plots.line_plot(
+                    os.path.join(fig_dir, f"{key}.png"),
+                    epochs,
+                    series,
+                    xlabel="epoch",
+                    ylabel=label,
+                    logy=logy,
+                )
+            )
+    # I(Y; Z) clean (solid) vs adversarial (dashed).
+    fig, ax = plots.plt.subplots(figsize=(5.5, 3.8))
+    for i, (name, c) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax.plot(c["epoch"], c["mi_yz_clean"], marker="o", ms=3, color=color, label=f"{name} clean")
+        ax.plot(
+            c["epoch"],
+            c["mi_yz_adv"],
+            marker="x",
+            ms=3,
+            ls="--",
+            color=color,
+            label=f"{name} adversarial",
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("I(Y; Z) lower bound (nats)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    paths.append(plots.save(fig, os.path.join(fig_dir, "mi_label_representation.png")))
+    # Summary: M split into R (solid) and N (dashed) per regime, plus Fisher and accuracy.
+    fig, axes = plots.plt.subplots(2, 3, figsize=(14, 7.5))
+    panels = [
+        ("M", "M"),
+        ("R", "R_eps"),
+        ("N", "N_eps"),
+        ("fisher_frobenius", "||F||_F"),
+        ("robust_accuracy", "robust accuracy"),
+        ("mi_yz_adv", "I(Y; Z_adv)"),
+    ]
+    for ax, (key, label) in zip(axes.ravel(), panels, strict=True):
+        for name, c in curves.items():
+            ax.plot(c["epoch"], c[key], marker="o", ms=3, label=name)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if key == "fisher_frobenius":
+            ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=8)
+    paths.append(plots.save(fig, os.path.join(fig_dir, "summary.png")))
+    return [os.path.relpath(p, workdir) for p in paths]
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+def curves_from_metrics(records: list[dict]) -> dict[str, list[float]]:
+    """Per-evaluation series from a run's metrics.jsonl (records holding the hook values)."""
+    rows = [r for r in records if PREFIX + "M" in r]
+    out = {"epoch": [float(r["epoch"]) for r in rows], "step": [int(r["step"]) for r in rows]}
+    for key in CURVE_KEYS:
+        out[key] = [float(r[PREFIX + key]) for r in rows]
+    return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains or restores every regime with the probe as eval_hook; writes JSON and PNGs.
+
+    Returns:
+      The report written to ``workdir/information.json``.
+    """
+    from advjax import runs
+
+    a = config.analysis
+    validate_analysis(a)
+    start = time.time()
+    dataset = data.load_dataset(config.data)
+    n = min(int(a.num_examples), len(dataset.test_y))
+    key = jax.random.fold_in(jax.random.key(config.seed), 6)
+    probe = InformationProbe(
+        a,
+        dataset.test_x[:n],
+        dataset.test_y[:n],
+        num_classes=dataset.info.num_classes,
+        bounds=dataset.info.bounds,
+        key=key,
+    )
+    curves, finals, timings = {}, {}, {}
+    for name in a.regimes.keys():
+        t0 = time.time()
+        cfg = regime_config(config, name)
+        model_dir = os.path.join(workdir, "models", name)
+        model = runs.train_or_load(cfg, model_dir, dataset=dataset, eval_hook=probe.hook)
+        curves[name] = curves_from_metrics(runs.read_metrics(model_dir))
+        if not curves[name]["M"]:
+            # A run restored from a folder trained without the hook: measure the final model.
+            values = probe.measure(model.module, model.variables)
+            curves[name] = {"epoch": [float(cfg.train.num_epochs)], "step": [model.step]} | {
+                k: [values[k]] for k in CURVE_KEYS
+            }
+        finals[name] = {k: v[-1] for k, v in curves[name].items() if k not in ("epoch", "step")}
+        finals[name]["checks"] = probe.final_checks(model.module, model.variables)
+        timings[name] = time.time() - t0
+    report = {
+        "paper": "Shi et al., arXiv 1906.02494",
+        "decomposition": (
+            "R_eps = between-class KL on KL-maximising inputs in B_eps; N_eps = M - R_eps"
+        ),
+        "threat": a.threat.to_dict(),
+        "attack": a.attack.to_dict(),
+        "num_examples": n,
+        "fisher_examples": int(a.fisher_examples),
+        "layer": a.layer,
+        "mi_bound": a.mi_bound,
+        "regimes": {name: a.regimes[name].to_dict() for name in a.regimes.keys()},
+        "curves": curves,
+        "final": finals,
+        "findings": findings(curves),
+        "seconds": {"per_regime": timings, "total": time.time() - start},
+        "seed": int(config.seed),
+    }
+    report["figures"] = draw_figures(curves, workdir)
+    with open(os.path.join(workdir, "information.json"), "w") as f:
+        json.dump(report, f, indent=2, default=float)
+    return report
