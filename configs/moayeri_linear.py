@@ -68,7 +68,7 @@ def get_config(arg: str | None = None):
     c.eval.sanity_checks = False
     c.eval.num_examples = 2000
     c.analysis = base.ml_collections.ConfigDict(
-        dict(name="spurious", parts=["theory", "finite_sample"])
+        dict(name="spurious", parts=("theory", "finite_sample"))
     )
     if "smoke" in args:
         c.data.num_train = 2000

@@ -54,7 +54,7 @@ def get_config(arg: str | None = None):
             name="tradeoff_toy",
             # Mixtures w_alpha = alpha e_1 + (1 - alpha) [0, 1/d, ..., 1/d] checked against
             # Theorem 1; the trade-off happens at small alpha.
-            alphas=[round(0.01 * i, 2) for i in range(31)] + [0.4, 0.5, 0.6, 0.8, 1.0],
+            alphas=tuple(round(0.01 * i, 2) for i in range(31)) + (0.4, 0.5, 0.6, 0.8, 1.0),
             num_monte_carlo=20_000,
             train_standard=True,
         )
@@ -70,5 +70,5 @@ def get_config(arg: str | None = None):
         c.checkpoint.every_steps = 20
         c.eval.num_examples = 200
         c.analysis.num_monte_carlo = 2000
-        c.analysis.alphas = [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
+        c.analysis.alphas = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
     return c

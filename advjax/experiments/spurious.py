@@ -208,7 +208,7 @@ def finite_sample_part(config, an, workdir: str) -> dict:
 # ------------------------------------------------------------------------------ benchmark
 
 
-def _default_variants(eps: dict) -> dict:
+def _default_variants(eps: dict, steps: int = 5) -> dict:
     def at(norm, e, steps, step_size):
         return {
             "name": "pgd_at",
@@ -226,10 +226,16 @@ def _default_variants(eps: dict) -> dict:
 
     return {
         "standard": {"name": "standard"},
-        "linf": at("linf", eps["linf"], 7, 2.5 * eps["linf"] / 7),
-        "l2": at("l2", eps["l2"], 7, 2.5 * eps["l2"] / 7),
-        "l1": at("l1", eps["l1"], 7, 2.5 * eps["l1"] / 7),
+        "linf": at("linf", eps["linf"], steps, 2.5 * eps["linf"] / steps),
+        "l2": at("l2", eps["l2"], steps, 2.5 * eps["l2"] / steps),
+        "l1": at("l1", eps["l1"], steps, 2.5 * eps["l1"] / steps),
     }
+
+
+def _robust_eval_attacks(an, eps: dict) -> dict:
+    """PGD-10 attack configs at the AT radii for the norms in ``analysis.robust_eval_norms``."""
+    norms = list(_get(an, "robust_eval_norms", ["linf", "l2"]))
+    return {k: v["attack"] for k, v in _default_variants(eps, steps=10).items() if k in norms}
 
 
 def model_metrics(logits_fn, bench, *, sigmas, key, chunk_size: int = 250) -> dict:
@@ -320,10 +326,11 @@ def benchmark_part(config, an, workdir: str) -> dict:
     eps = dict(_get(an, "eps", {"linf": 0.1, "l2": 1.0, "l1": 10.0}))
     variants = _get(an, "variants", None)
     variants = (
-        variants.to_dict() if hasattr(variants, "to_dict") else (variants or _default_variants(eps))
+        variants.to_dict()
+        if hasattr(variants, "to_dict")
+        else (variants or _default_variants(eps, steps=int(_get(an, "at_steps", 5))))
     )
     sigmas = [float(s) for s in _get(an, "noise_sigmas", [0.3, 0.6])]
-    eval_attacks = _get(an, "robust_eval", None)
     n_robust = int(_get(an, "robust_eval_examples", 500))
     key = jax.random.PRNGKey(int(config.seed) + 17)
     out = {
@@ -341,16 +348,7 @@ def benchmark_part(config, an, workdir: str) -> dict:
         )
         metrics["objective"] = objective
         if n_robust > 0:
-            attacks = (
-                eval_attacks.to_dict()
-                if hasattr(eval_attacks, "to_dict")
-                else (
-                    eval_attacks
-                    or {
-                        k: v["attack"] for k, v in _default_variants(eps).items() if k != "standard"
-                    }
-                )
-            )
+            attacks = _robust_eval_attacks(an, eps)
             metrics["robust_acc"] = {
                 a: _robust_accuracy(
                     model, bench, acfg, key=jax.random.fold_in(key, 2), num_examples=n_robust
