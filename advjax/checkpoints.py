@@ -47,13 +47,20 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3):
         self.directory = os.path.abspath(directory)
         options = dict(create=True, cleanup_tmp_directories=True)
-        self._last = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options)
-        )
-        self._best = ocp.CheckpointManager(
-            os.path.join(self.directory, "best"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, **options),
-        )
+
+        def manager(path: str, max_to_keep: int) -> ocp.CheckpointManager:
+            # Handlers named up front so that metadata (shapes) can be read before restoring.
+            return ocp.CheckpointManager(
+                path,
+                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, **options),
+                item_handlers={
+                    "state": ocp.StandardCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler(),
+                },
+            )
+
+        self._last = manager(self.directory, keep)
+        self._best = manager(os.path.join(self.directory, "best"), 1)
 
     def latest_step(self, *, best: bool = False) -> int | None:
         return (self._best if best else self._last).latest_step()
@@ -99,7 +106,9 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint in {manager.directory}")
         try:
             stored = manager.item_metadata(step)["state"]
-            stored_shapes = _leaf_shapes(stored) if stored is not None else None
+            if stored is None:
+                raise CheckpointError("no array metadata")
+            stored_shapes = _leaf_shapes(stored)
         except Exception as err:  # noqa: BLE001 - orbax raises many types for bad files.
             raise CheckpointError(
                 f"checkpoint {where} is damaged or unreadable ({type(err).__name__}: "
@@ -107,7 +116,7 @@ class Checkpointer:
                 f"or use a fresh --workdir."
             ) from err
         wanted = _leaf_shapes(target)
-        if stored_shapes is not None and stored_shapes != wanted:
+        if stored_shapes != wanted:
             missing = sorted(set(wanted) - set(stored_shapes))
             extra = sorted(set(stored_shapes) - set(wanted))
             diff = [k for k in wanted if k in stored_shapes and wanted[k] != stored_shapes[k]]

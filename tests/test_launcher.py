@@ -1,0 +1,171 @@
+"""The launcher end to end: smoke runs, config errors, checkpoints, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from helpers import blob_images, tiny_config
+
+from advjax import checkpoints, configlib, runs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", ADVJAX_PROGRESS="0")
+
+
+def launch(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch", "main.py"), *args],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_mnist_pgd_smoke_writes_the_full_record(tmp_path):
+    proc = launch("--config", "configs/mnist_pgd.py:smoke", "--workdir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {"config.json", "dataset_info.json", "metrics.jsonl", "report.json", "checkpoints"} <= set(
+        os.listdir(tmp_path)
+    )
+    report = json.load(open(tmp_path / "report.json"))
+    assert 0.0 <= report["eval"]["robust_accuracy"] <= report["eval"]["clean_accuracy"] <= 1.0
+    assert report["train"]["finished"] and report["train"]["steps"] == report["train"]["total_steps"]
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert records and all("step" in r for r in records)
+    assert any("examples_per_sec" in r for r in records)
+    # Running the same command again finds the finished run and does not retrain.
+    again = launch("--config", "configs/mnist_pgd.py:smoke", "--workdir", str(tmp_path))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing to train" in again.stdout + again.stderr
+    assert [json.loads(line) for line in open(tmp_path / "metrics.jsonl")] == records
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.train.lerning_rate=0.1", "lerning_rate"),
+        ("--config.train.batch_size=abc", "batch_size"),
+        ("--config.eval.attacks.pgd20.eps=-0.1", "eval.attacks.pgd20.eps"),
+        ("--config.eval.attacks.pgd20.norm=l3", "eval.attacks.pgd20.norm"),
+        ("--config.model.name=resnet9000", "model.name"),
+        ("--config.data.name=imagenet", "data.name"),
+        ("--config.train.optimizer.name=lion", "train.optimizer.name"),
+    ],
+)
+def test_bad_config_fails_before_compute_naming_the_key(tmp_path, override, message):
+    proc = launch("--config", "configs/mnist_standard.py:smoke", "--workdir", str(tmp_path), override,
+                  timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr or "lerning_rate" in message or "abc" in override
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_validation_messages_name_key_value_and_allowed():
+    c = configlib.load_config("configs/mnist_standard.py:smoke")
+    c.train.val_attack = ml_collections.ConfigDict(dict(name="pgd", norm="l7", eps=0.1, num_steps=1))
+    with pytest.raises(configlib.ConfigError, match=r"train.val_attack.norm.*'l7'.*allowed"):
+        configlib.validate(c)
+    c = configlib.load_config("configs/mnist_standard.py:smoke")
+    c.train.objective.name = "magic"
+    with pytest.raises(configlib.ConfigError, match=r"train.objective.name.*magic.*allowed.*pgd_at"):
+        configlib.validate(c)
+    c = configlib.load_config("configs/mnist_standard.py:smoke")
+    c.train.optimizer.schedule = "exp"
+    with pytest.raises(configlib.ConfigError, match="train.optimizer.schedule"):
+        configlib.validate(c)
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path):
+    config = tiny_config(num_epochs=1.0)
+    runs.train_and_evaluate(config, str(tmp_path / "run"), dataset=blob_images())
+    model = runs.load_trained(str(tmp_path / "run"))
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "run" / "checkpoints"))
+    step = ckpt.latest_step()
+    ckpt.close()
+    # Round trip: restoring gives back exactly what the run's last step holds.
+    again = runs.load_trained(str(tmp_path / "run"))
+    jax.tree.map(np.testing.assert_array_equal, model.variables, again.variables)
+    # A run of a different model cannot restore it, with a message instead of a traceback.
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "run", other)
+    cfg = json.load(open(other / "config.json"))
+    cfg["model"]["hidden"] = [7]
+    json.dump(cfg, open(other / "config.json", "w"))
+    with pytest.raises(checkpoints.CheckpointError, match="does not match this config"):
+        runs.load_trained(str(other))
+    # A damaged checkpoint is reported as damaged.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "run", damaged)
+    for root, _, files in os.walk(damaged / "checkpoints" / str(step)):
+        for f in files:
+            path = os.path.join(root, f)
+            with open(path, "r+b") as fh:
+                fh.truncate(max(os.path.getsize(path) // 3, 1))
+    with pytest.raises(checkpoints.CheckpointError, match="damaged|could not be restored"):
+        runs.load_trained(str(damaged))
+
+
+def test_a_different_config_never_touches_a_finished_run(tmp_path):
+    config = tiny_config(num_epochs=1.0)
+    runs.train_and_evaluate(config, str(tmp_path), dataset=blob_images())
+    before = {f: os.path.getmtime(os.path.join(r, f)) for r, _, fs in os.walk(tmp_path / "checkpoints")
+              for f in fs}
+    changed = tiny_config(num_epochs=1.0)
+    changed.train.optimizer.learning_rate = 0.5
+    with pytest.raises(configlib.ConfigError, match="train.optimizer.learning_rate"):
+        runs.train_and_evaluate(changed, str(tmp_path), dataset=blob_images())
+    after = {f: os.path.getmtime(os.path.join(r, f)) for r, _, fs in os.walk(tmp_path / "checkpoints")
+             for f in fs}
+    assert before == after
+
+
+KILL_ARGS = [
+    "--config", "configs/mnist_standard.py:smoke",
+    "--config.model.name=mlp",
+    "--config.train.num_epochs=6",
+    "--config.checkpoint.every_steps=3",
+    "--config.train.log_every_steps=1",
+    "--config.eval.num_examples=100",
+]
+
+
+def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
+    reference = launch(*KILL_ARGS, "--workdir", str(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "launch", "main.py"), *KILL_ARGS, "--workdir", str(workdir)],
+        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    # Kill as soon as a few checkpoints exist, in the middle of training.
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        ckpt_dir = workdir / "checkpoints"
+        done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []
+        if len(done) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "report.json").exists(), "the run finished before it could be killed"
+    resumed = launch(*KILL_ARGS, "--workdir", str(workdir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stdout
+
+    a, b = runs.load_trained(str(tmp_path / "ref")), runs.load_trained(str(workdir))
+    jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rs]  # noqa: E731
+    assert strip(runs.read_metrics(str(tmp_path / "ref"))) == strip(runs.read_metrics(str(workdir)))
+    ra, rb = runs.read_report(str(tmp_path / "ref")), runs.read_report(str(workdir))
+    assert ra["eval"]["clean_accuracy"] == rb["eval"]["clean_accuracy"]
+    assert ra["eval"]["robust_accuracy"] == rb["eval"]["robust_accuracy"]
