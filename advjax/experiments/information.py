@@ -14,7 +14,8 @@ set of test examples:
 * I(Y; Z) between the label and a layer's representation on clean and on adversarial
   inputs (InfoNCE with a small critic), and the plug-in I(Y; Y_hat).
 
-The values go to ``DIR/models/<regime>/metrics.jsonl``; ``run`` collects them into
+The initial variables (epoch 0, shared by all regimes) are measured once. The values go
+to ``DIR/models/<regime>/metrics.jsonl``; ``run`` collects them into
 ``DIR/information.json`` with the final-model extras (the exact identity
 E KL = I(X; Y_hat) + dispersion, power iteration against the Gram eigenvalue, the l_2
 worst-case KL against eps^2 lambda_max / 2), checks the paper's qualitative findings and
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import data, plots, registry
+from advjax import data, models, plots, registry
 from advjax.analysis import information as info
 from advjax.analysis import mutual_information as mi
 
@@ -471,6 +472,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bounds=dataset.info.bounds,
         key=key,
     )
+    # Epoch 0: the initial variables, drawn as the training loop draws them (the same seed
+    # and architecture for every regime, so one measurement serves all).
+    module = models.build_model(config.model, dataset.info)
+    init_key = jax.random.split(jax.random.key(config.seed), 3)[0]
+    initial = probe.measure(module, models.init_variables(module, dataset.info, init_key))
     curves, finals, timings = {}, {}, {}
     for name in a.regimes.keys():
         t0 = time.time()
@@ -484,6 +490,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             curves[name] = {"epoch": [float(cfg.train.num_epochs)], "step": [model.step]} | {
                 k: [values[k]] for k in CURVE_KEYS
             }
+        curves[name]["epoch"].insert(0, 0.0)
+        curves[name]["step"].insert(0, 0)
+        for k in CURVE_KEYS:
+            curves[name][k].insert(0, initial[k])
         finals[name] = {k: v[-1] for k, v in curves[name].items() if k not in ("epoch", "step")}
         finals[name]["checks"] = probe.final_checks(model.module, model.variables)
         timings[name] = time.time() - t0
