@@ -2,7 +2,7 @@
 
 ``L = mean_i [ BCE(p(x'_i), y_i) + beta * KL(p(x_i) || p(x'_i)) * (1 - p_y(x_i)) ]``
 (Wang, Zou, Yi, Bailey, Ma & Gu 2020, "Improving adversarial robustness requires
-revisiting misclassified examples", eq. 8), with the boosted cross-entropy
+revisiting misclassified examples", the MART objective), with the boosted cross-entropy
 
 ``BCE(p(x'), y) = -log p_y(x') - log(1 - max_{k != y} p_k(x'))``
 
@@ -35,7 +35,7 @@ def log_one_minus_prob(logits: jax.Array, k: jax.Array) -> jax.Array:
 def mart_terms(
     logits_clean: jax.Array, logits_adv: jax.Array, y: jax.Array
 ) -> dict[str, jax.Array]:
-    """Per-example pieces of the MART loss (Wang et al. 2020, eqs. 5-8).
+    """Per-example pieces of the MART loss (Wang et al. 2020).
 
     Args:
       logits_clean: logits at the clean inputs.
@@ -56,7 +56,7 @@ def mart_terms(
 
 
 def build_mart(objective_config) -> Objective:
-    """MART (Wang et al. 2020, eq. 8).
+    """MART (Wang et al. 2020): boosted CE plus the misclassification-weighted KL.
 
     The adversarial examples come from ``objective_config.attack`` (any attack of the
     attack library; the paper uses PGD-10 on CE, eps = 8/255, step 2/255 on CIFAR-10)

@@ -4,10 +4,10 @@ Both penalise how fast the model's output moves with the input, a cheap surrogat
 robustness that needs no inner maximisation:
 
 * ``input_gradient`` (Drucker & LeCun 1992 "double backpropagation"; Ross & Doshi-Velez
-  2018, eq. 3): cross-entropy plus ``weight`` times the squared l2 norm of the input
+  2018): cross-entropy plus ``weight`` times the squared l2 norm of the input
   gradient of each example's cross-entropy, averaged over the batch.
 * ``jacobian`` (Hoffman, Roberts & Yaida 2019, "Robust learning with Jacobian
-  regularization", eq. 4 and Algorithm 1): cross-entropy plus ``weight / 2`` times the
+  regularization", joint loss and Algorithm 1): cross-entropy plus ``weight / 2`` times the
   squared Frobenius norm of the logits' input Jacobian, estimated with random
   projections onto the unit sphere of the logit space.
 """
@@ -103,7 +103,7 @@ def _positive(value, *, key: str) -> float:
 
 
 def build_input_gradient(objective_config) -> Objective:
-    """Double-backprop input-gradient regularisation (Ross & Doshi-Velez 2018, eq. 3).
+    """Double-backprop input-gradient regularisation (Ross & Doshi-Velez 2018).
 
     ``L = mean_i CE(f(x_i), y_i) + weight * mean_i ||grad_x CE(f(x_i), y_i)||_2^2``.
 
@@ -138,12 +138,12 @@ def build_input_gradient(objective_config) -> Objective:
 
 
 def build_jacobian(objective_config) -> Objective:
-    """Jacobian regularisation by random projections (Hoffman et al. 2019, eq. 4, Alg. 1).
+    """Jacobian regularisation by random projections (Hoffman et al. 2019, Alg. 1).
 
     ``L = mean_i CE(f(x_i), y_i) + (weight / 2) * mean_i ||J(x_i)||_F^2`` with
     ``J(x) = d logits / d x`` and the Frobenius norm estimated from ``num_projections``
-    random unit vectors in logit space (Hoffman et al. use ``n_proj = 1``,
-    ``lambda_JR = 0.01`` on MNIST/CIFAR-10).
+    random unit vectors in logit space (Hoffman et al. show that ``n_proj = 1`` suffices
+    for training). The default ``weight`` is a starting point, not a published value.
 
     Args:
       objective_config: ``weight`` (lambda_JR >= 0, default 0.01) and

@@ -2,7 +2,7 @@
 
 ``L = mean_i [ CE(f(x_i), y_i) + beta * max_{x'_i in B(x_i, eps)} KL(p(x_i) || p(x'_i)) ]``
 (Zhang et al. 2019, "Theoretically principled trade-off between robustness and
-accuracy", eq. 5). The inner maximisation starts at ``x + 0.001 * N(0, I)`` and runs
+accuracy", the TRADES objective). The inner maximisation starts at ``x + 0.001 * N(0, I)`` and runs
 PGD on the KL term with the model in evaluation mode and the clean distribution held
 fixed; the outer loss differentiates through both ``p(x)`` and ``p(x')``.
 """
@@ -67,7 +67,7 @@ def trades_perturbation(
 def trades_loss(
     logits_clean: jax.Array, logits_adv: jax.Array, y: jax.Array, *, beta: float
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The outer TRADES loss from train-mode logits (Zhang et al. 2019, eq. 5).
+    """The outer TRADES loss from train-mode logits (Zhang et al. 2019).
 
     Returns:
       ``(loss, terms)`` with ``terms = {"loss_natural", "loss_robust"}`` batch means.
@@ -78,7 +78,7 @@ def trades_loss(
 
 
 def build_trades(objective_config) -> Objective:
-    """TRADES (Zhang et al. 2019, eq. 5) with a PGD-on-KL inner maximisation.
+    """TRADES (Zhang et al. 2019) with a PGD-on-KL inner maximisation.
 
     Published settings: MNIST eps = 0.3, 40 steps of 0.01, beta = 1; CIFAR-10
     eps = 0.031, 10 steps of 0.007, beta = 6.
