@@ -31,7 +31,7 @@ def get_config(arg: str | None = None):
                 standard=dict(
                     config="configs/mnist_standard.py",
                     workdir="",  # empty: <workdir>/models/standard
-                    overrides=dict(train=dict(num_epochs=1.0), eval=dict(num_examples=1000)),
+                    overrides=dict(train=dict(num_epochs=1.0)),
                 ),
                 robust=dict(
                     config="configs/mnist_pgd.py:cpu",
@@ -45,7 +45,6 @@ def get_config(arg: str | None = None):
                             eps_ramp_fraction=0.3,
                             objective=dict(attack=dict(num_steps=5, step_size=0.1)),
                         ),
-                        eval=dict(num_examples=1000, attacks=dict(pgd100_r10=dict(num_restarts=1))),
                     ),
                 ),
             ),
@@ -79,9 +78,7 @@ def get_config(arg: str | None = None):
             ("robust", "configs/mnist_pgd.py:smoke"),
         ):
             a.models[name].config = spec
-            a.models[name].overrides = ml_collections.ConfigDict(
-                dict(train=dict(num_epochs=6.0), eval=dict(num_examples=50))
-            )
+            a.models[name].overrides = ml_collections.ConfigDict(dict(train=dict(num_epochs=6.0)))
         # Three PGD steps at eps 0.3 on 512 images do not train; eps 0.1 does, in seconds.
         a.models.robust.overrides.train.objective = dict(attack=dict(eps=0.1))
         a.num_images, a.num_pairs, a.num_contexts = 3, 4, 4

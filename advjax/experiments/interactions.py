@@ -8,9 +8,12 @@ clean and adversarial images with shared pairs and contexts (common random numbe
 differences between x and x_adv and between models are paired). It writes
 ``DIR/interactions.json`` and ``DIR/figures/*.png`` and checks the paper's two findings:
 
-1. the attack changes high-order interactions more than low-order ones;
+1. the attack changes high-order interactions more than low-order ones (mean
+   |I(x) - I(x_adv)| in the high band minus the low band, paired per image and pair; also
+   relative to the clean strength of each order);
 2. the adversarially trained model relies more on low-order interactions (larger low-order
-   strength, a larger low-order share of the total strength, a higher disentanglement).
+   strength, larger low-order strength relative to its mean over orders, a higher
+   low-order disentanglement ratio).
 
 The math lives in `advjax.analysis.interactions` and `advjax.analysis.equal_strength`.
 """
@@ -96,8 +99,21 @@ def _model_config(spec: str, overrides) -> ml_collections.ConfigDict:
         path = os.path.join(REPO, path)
     config = runs.load_config(path + sep + arg)
     if overrides:
-        config.update(ml_collections.ConfigDict(overrides.to_dict()))
+        _apply_overrides(config, overrides.to_dict(), prefix=spec)
     return config
+
+
+def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict, *, prefix: str) -> None:
+    """Sets existing keys only, so a misspelt override fails instead of adding a key."""
+    for key, value in overrides.items():
+        if key not in config:
+            raise ValueError(
+                f"override '{key}' of {prefix}: no such key; has {list(config.keys())}"
+            )
+        if isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict):
+            _apply_overrides(config[key], value, prefix=f"{prefix}.{key}")
+        else:
+            config[key] = value
 
 
 def load_models(a: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -161,7 +177,7 @@ def select_and_attack(
         }
         ok &= correct & in_band
         stats[name]["_delta"] = delta
-    idx = np.flatnonzero(ok)[: int(a.num_images)]
+    idx = balanced_first(np.flatnonzero(ok), y, int(a.num_images))
     x_adv = {}
     for name, res in results.items():
         x_adv[name] = np.asarray(res.x_adv)[idx]
@@ -172,6 +188,20 @@ def select_and_attack(
             l2_mean=float(np.linalg.norm(delta, axis=1).mean()) if len(idx) else float("nan"),
         )
     return idx, x_adv, stats
+
+
+def balanced_first(candidates: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` candidates taken round-robin over classes (in pool order).
+
+    Without it the kept images follow whichever class the band is easiest to reach on.
+    """
+    rank = np.zeros(len(candidates), int)
+    seen: dict[int, int] = {}
+    for k, c in enumerate(labels[candidates]):
+        rank[k] = seen.get(int(c), 0)
+        seen[int(c)] = rank[k] + 1
+    order = np.lexsort((candidates, rank))
+    return np.sort(candidates[order][:count])
 
 
 def make_image_estimator(logits_fn, a, *, channel_mean, orders: np.ndarray):
@@ -318,12 +348,16 @@ def summarize(est: dict, a, n: int) -> dict:
         per_img_h = _band_average(change.mean(1), labels, "high")
         per_img_l = _band_average(change.mean(1), labels, "low")
         m["finding1_high_over_low_ratio"] = float(per_img_h.mean() / per_img_l.mean())
+        # The same relative to each order's clean strength (scale-free across models).
+        rel = change.mean((0, 1)) / np.maximum(np.abs(clean["mean"]).mean((0, 1)), 1e-30)
+        m["relative_change"] = rel
+        m["relative_change_bands"] = itx.band_means(rel, ratios, bands=bands)
         weighted_change = m["utility_by_order"]["abs_mean"]
         m["utility_abs_bands"] = itx.band_means(weighted_change, ratios, bands=bands)
         # Finding 2, per image: low-order strength and its share of the total strength.
         strength_img = np.abs(clean["mean"]).mean(1)  # [I, M]
         m["low_strength_per_image"] = _mean_se(_band_average(strength_img, labels, "low"))
-        m["low_share_per_image"] = _mean_se(
+        m["low_relative_strength_per_image"] = _mean_se(
             _band_average(strength_img, labels, "low") / strength_img.mean(-1)
         )
         dis_img = np.abs(clean["mean"]).mean(1) / np.maximum(clean["mean_abs"].mean(1), 1e-30)
@@ -354,17 +388,18 @@ def summarize(est: dict, a, n: int) -> dict:
         name: {
             "high_minus_low_abs_change": out["models"][name]["finding1_high_minus_low_abs_change"],
             "high_over_low_ratio": out["models"][name]["finding1_high_over_low_ratio"],
+            "relative_change_bands": out["models"][name]["relative_change_bands"],
             "holds": bool(out["models"][name]["finding1_high_minus_low_abs_change"]["mean"] > 0),
         }
         for name in est
     }
     out["finding2"] = {
         "low_strength": diff("low_strength_per_image"),
-        "low_share": diff("low_share_per_image"),
+        "low_relative_strength": diff("low_relative_strength_per_image"),
         "low_disentanglement": diff("low_disentanglement_per_image"),
     }
     out["finding2"]["holds"] = bool(
-        out["finding2"]["low_share"]["robust_minus_standard"] > 0
+        out["finding2"]["low_relative_strength"]["robust_minus_standard"] > 0
         and out["finding2"]["low_disentanglement"]["robust_minus_standard"] > 0
     )
     return out
@@ -512,8 +547,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "finding2_holds": f2["holds"],
         "finding1_standard_high_minus_low": f1["standard"]["high_minus_low_abs_change"]["mean"],
         "finding1_robust_high_minus_low": f1["robust"]["high_minus_low_abs_change"]["mean"],
-        "finding2_low_share_diff": f2["low_share"]["robust_minus_standard"],
-        "finding2_low_share_z": f2["low_share"]["z"],
+        "finding2_low_relative_strength_diff": f2["low_relative_strength"]["robust_minus_standard"],
+        "finding2_low_relative_strength_z": f2["low_relative_strength"]["z"],
         "finding2_low_disentanglement_diff": f2["low_disentanglement"]["robust_minus_standard"],
         "num_images": int(len(idx)),
         "num_players": n,
