@@ -78,7 +78,9 @@ class Checkpointer:
             return
         manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=True,
         )
 
@@ -121,8 +123,11 @@ class Checkpointer:
             extra = sorted(set(stored_shapes) - set(wanted))
             diff = [k for k in wanted if k in stored_shapes and wanted[k] != stored_shapes[k]]
             detail = (
-                f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                else f"{diff[0]} has shape {stored_shapes[diff[0]]}, the model needs {wanted[diff[0]]}"
+                f"missing {missing[:3]}"
+                if missing
+                else f"unexpected {extra[:3]}"
+                if extra
+                else f"{diff[0]} has shape {stored_shapes[diff[0]]}, needs {wanted[diff[0]]}"
             )
             raise CheckpointError(
                 f"checkpoint {where} does not match this config's model/optimizer ({detail}). "

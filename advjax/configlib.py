@@ -101,12 +101,20 @@ def validate(config) -> None:
             _require(value in NORMS, key, value, f"allowed: {list(NORMS)}")
     t = config.train
     _require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
-    _require(t.num_epochs > 0 or t.num_steps > 0, "train.num_epochs", t.num_epochs,
-             "must be > 0 (or set train.num_steps)")
+    _require(
+        t.num_epochs > 0 or t.num_steps > 0,
+        "train.num_epochs",
+        t.num_epochs,
+        "must be > 0 (or set train.num_steps)",
+    )
     _require(t.num_steps >= 0, "train.num_steps", t.num_steps, "must be >= 0")
     _require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "must be in [0, 1)")
-    _require(0 <= t.eps_ramp_fraction <= 1, "train.eps_ramp_fraction", t.eps_ramp_fraction,
-             "must be in [0, 1]")
+    _require(
+        0 <= t.eps_ramp_fraction <= 1,
+        "train.eps_ramp_fraction",
+        t.eps_ramp_fraction,
+        "must be in [0, 1]",
+    )
     _require(t.log_every_steps >= 1, "train.log_every_steps", t.log_every_steps, "must be >= 1")
     _require(t.eval_every_steps >= 0, "train.eval_every_steps", t.eval_every_steps, "must be >= 0")
     _require(t.early_stop_drop >= 0, "train.early_stop_drop", t.early_stop_drop, "must be >= 0")
@@ -121,12 +129,20 @@ def validate(config) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     _require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, "must be >= 1")
-    _require(config.eval.num_examples >= 0, "eval.num_examples", config.eval.num_examples,
-             "must be >= 0 (0 = whole test set)")
+    _require(
+        config.eval.num_examples >= 0,
+        "eval.num_examples",
+        config.eval.num_examples,
+        "must be >= 0 (0 = whole test set)",
+    )
     for name in config.eval.attacks.keys():
         check_attack_config(config.eval.attacks[name], key=f"eval.attacks.{name}")
-    _require(config.checkpoint.every_steps >= 1, "checkpoint.every_steps",
-             config.checkpoint.every_steps, "must be >= 1")
+    _require(
+        config.checkpoint.every_steps >= 1,
+        "checkpoint.every_steps",
+        config.checkpoint.every_steps,
+        "must be >= 1",
+    )
     _require(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
     if config.get("analysis") and config.analysis.get("name"):
         try:

@@ -15,7 +15,9 @@ def check_optimizer_config(opt, *, total_steps: int) -> None:
     one_of(opt.name, OPTIMIZERS, key="train.optimizer.name")
     one_of(opt.schedule, SCHEDULES, key="train.optimizer.schedule")
     if not opt.learning_rate > 0:
-        raise ValueError(f"config key 'train.optimizer.learning_rate': must be > 0, got {opt.learning_rate}")
+        raise ValueError(
+            f"config key 'train.optimizer.learning_rate': must be > 0, got {opt.learning_rate}"
+        )
     for key in ("weight_decay", "grad_clip_norm", "warmup_steps", "momentum"):
         if opt[key] < 0:
             raise ValueError(f"config key 'train.optimizer.{key}': must be >= 0, got {opt[key]}")
@@ -27,7 +29,9 @@ def check_optimizer_config(opt, *, total_steps: int) -> None:
                 f"training in (0, 1), got {b}"
             )
     if opt.schedule == "cyclic" and not 0 < opt.cycle_peak < 1:
-        raise ValueError(f"config key 'train.optimizer.cycle_peak': must be in (0, 1), got {opt.cycle_peak}")
+        raise ValueError(
+            f"config key 'train.optimizer.cycle_peak': must be in (0, 1), got {opt.cycle_peak}"
+        )
     if total_steps <= 0:
         raise ValueError("training has 0 steps: raise train.num_epochs or train.num_steps")
 
@@ -48,7 +52,10 @@ def make_schedule(opt, *, total_steps: int) -> optax.Schedule:
     else:  # cyclic: the triangular one-cycle of Wong et al. 2020 (0 -> lr -> 0).
         peak = max(int(opt.cycle_peak * total_steps), 1)
         main = optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, peak), optax.linear_schedule(lr, 0.0, total_steps - peak)],
+            [
+                optax.linear_schedule(0.0, lr, peak),
+                optax.linear_schedule(lr, 0.0, total_steps - peak),
+            ],
             [peak],
         )
         return main
@@ -67,7 +74,9 @@ def make_optimizer(opt, *, total_steps: int) -> optax.GradientTransformation:
     if opt.name == "sgd":
         if opt.weight_decay > 0:
             parts.append(optax.add_decayed_weights(float(opt.weight_decay)))
-        parts.append(optax.sgd(schedule, momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov)))
+        parts.append(
+            optax.sgd(schedule, momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov))
+        )
     elif opt.name == "adam":
         if opt.weight_decay > 0:  # L2 penalty through the gradient, as torch.optim.Adam does.
             parts.append(optax.add_decayed_weights(float(opt.weight_decay)))

@@ -77,8 +77,12 @@ def image_grid(
                 lo, hi = img.min(), img.max()
                 img = (img - lo) / (hi - lo + 1e-12)
             ax = axes[r, c]
-            ax.imshow(np.clip(img, 0, 1) if img.ndim == 3 else img, cmap=cmap or "gray",
-                      vmin=None if normalize_each or cmap else 0, vmax=None if normalize_each or cmap else 1)
+            ax.imshow(
+                np.clip(img, 0, 1) if img.ndim == 3 else img,
+                cmap=cmap or "gray",
+                vmin=None if normalize_each or cmap else 0,
+                vmax=None if normalize_each or cmap else 1,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if row_labels is not None and c == 0:

@@ -29,10 +29,11 @@ __all__ = [
     "read_report",
     "train_and_evaluate",
     "train_or_load",
+    "write_json",
 ]
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=float)
@@ -73,19 +74,26 @@ def load_trained(workdir: str, *, best: bool = False) -> TrainedModel:
     with open(info_path) as f:
         raw = json.load(f)
     info = data.DatasetInfo(
-        name=raw["name"], input_shape=tuple(raw["input_shape"]),
-        num_classes=raw["num_classes"], bounds=tuple(raw["bounds"]),
+        name=raw["name"],
+        input_shape=tuple(raw["input_shape"]),
+        num_classes=raw["num_classes"],
+        bounds=tuple(raw["bounds"]),
     )
     module, target = training.restore_target(config, info)
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    ckpt = checkpoints.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
+    )
     try:
         state, meta = ckpt.restore(target, best=best)
     finally:
         ckpt.close()
     params = state.ema_params if state.ema_params is not None else state.params
     return TrainedModel(
-        config=config, module=module, variables={"params": params, **state.model_state},
-        info=info, step=int(meta.get("step", 0)),
+        config=config,
+        module=module,
+        variables={"params": params, **state.model_state},
+        info=info,
+        step=int(meta.get("step", 0)),
     )
 
 
@@ -97,8 +105,12 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
     from advjax import evaluation
 
     section = evaluation.evaluate(
-        config.eval, model.logits_fn, dataset.test_x, dataset.test_y,
-        key=jax.random.fold_in(jax.random.key(config.seed), 7), bounds=tuple(dataset.info.bounds),
+        config.eval,
+        model.logits_fn,
+        dataset.test_x,
+        dataset.test_y,
+        key=jax.random.fold_in(jax.random.key(config.seed), 7),
+        bounds=tuple(dataset.info.bounds),
     )
     if config.eval.eps_grid and section.get("eps_sweep"):
         path = os.path.join(workdir, "figures", "robust_accuracy_vs_eps.png")
@@ -111,7 +123,7 @@ def _train(config, workdir: str, eval_hook=None, dataset=None):
     dataset = dataset if dataset is not None else data.load_dataset(config.data)
     os.makedirs(workdir, exist_ok=True)
     claim_workdir(config, workdir)
-    _write_json(os.path.join(workdir, "dataset_info.json"), dataset.info.to_dict())
+    write_json(os.path.join(workdir, "dataset_info.json"), dataset.info.to_dict())
     start = time.time()
     result = training.train(config, workdir, eval_hook=eval_hook, dataset=dataset)
     return dataset, result, time.time() - start
@@ -127,17 +139,18 @@ def train_and_evaluate(
     start = time.time()
     eval_section = evaluate_model(config, model, dataset, workdir)
     report = {
-        "data": dataset.info.to_dict() | {"num_train": dataset.num_train, "num_test": dataset.num_test},
+        "data": dataset.info.to_dict()
+        | {"num_train": dataset.num_train, "num_test": dataset.num_test},
         "model": dict(config.model),
         "objective": config.train.objective.to_dict(),
         "seed": config.seed,
-        "train": result.summary | {"finished": True, "wall_seconds_this_call": seconds,
-                                   "evaluated_step": model.step},
+        "train": result.summary
+        | {"finished": True, "wall_seconds_this_call": seconds, "evaluated_step": model.step},
         "eval": eval_section,
         "eval_wall_seconds": time.time() - start,
         "devices": [str(d) for d in jax.local_devices()],
     }
-    _write_json(os.path.join(workdir, "report.json"), report)
+    write_json(os.path.join(workdir, "report.json"), report)
     return report
 
 

@@ -190,8 +190,7 @@ def make_mesh(num_devices: int = 0) -> Mesh:
     if num_devices:
         if num_devices > len(devices):
             raise ValueError(
-                f"config key 'train.num_devices': {num_devices} requested, "
-                f"{len(devices)} available"
+                f"config key 'train.num_devices': {num_devices} requested, {len(devices)} available"
             )
         devices = devices[:num_devices]
     return Mesh(np.asarray(devices), ("data",))
@@ -332,7 +331,9 @@ def make_validator(s: Setup) -> Callable[[TrainedModel, jax.Array], dict]:
         n = (len(x_val) // bs) * bs  # Static shapes: the remainder is left out.
         for i, start in enumerate(range(0, n, bs)):
             stats = batch_stats(
-                model.variables, x_val[start : start + bs], y_val[start : start + bs],
+                model.variables,
+                x_val[start : start + bs],
+                y_val[start : start + bs],
                 jax.random.fold_in(key, i),
             )
             for k, v in stats.items():
@@ -399,7 +400,9 @@ def train(
     os.makedirs(workdir, exist_ok=True)
     configlib.claim_workdir(config, workdir)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    ckpt = checkpoints.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
+    )
     base_key = jax.random.key(config.seed)
     init_key, step_key, val_key = jax.random.split(base_key, 3)
 
@@ -459,8 +462,12 @@ def train(
     pending = None  # Metrics of the step in flight: fetched after the next dispatch.
     window_start, window_examples = time.time(), 0
     bar = tqdm(
-        total=s.total_steps, initial=start_step, disable=not show_progress(config),
-        desc=f"train {config.train.objective.name}", unit="step", dynamic_ncols=True,
+        total=s.total_steps,
+        initial=start_step,
+        disable=not show_progress(config),
+        desc=f"train {config.train.objective.name}",
+        unit="step",
+        dynamic_ncols=True,
     )
     step = start_step
     last_good = ckpt.latest_step()
@@ -482,11 +489,17 @@ def train(
             if boundary_log:
                 elapsed = max(time.time() - window_start, 1e-9)
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                record = {"step": step, "epoch": step / s.steps_per_epoch, **host,
-                          "lr": float(schedule(step - 1)),
-                          "examples_per_sec": window_examples / elapsed}
+                record = {
+                    "step": step,
+                    "epoch": step / s.steps_per_epoch,
+                    **host,
+                    "lr": float(schedule(step - 1)),
+                    "examples_per_sec": window_examples / elapsed,
+                }
                 log(record)
-                bar.set_postfix(loss=f"{host['loss']:.3f}", ex_s=f"{record['examples_per_sec']:.0f}")
+                bar.set_postfix(
+                    loss=f"{host['loss']:.3f}", ex_s=f"{record['examples_per_sec']:.0f}"
+                )
                 window_start, window_examples = time.time(), 0
             is_best = False
             if boundary_eval:

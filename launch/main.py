@@ -25,7 +25,9 @@ from ml_collections import config_flags  # noqa: E402
 from advjax import checkpoints, configlib, data, registry, runs, training  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with an argument: configs/x.py:smoke.",
+    "config",
+    None,
+    "Config file, optionally with an argument: configs/x.py:smoke.",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (created if absent).")
@@ -51,7 +53,7 @@ def run(config, workdir: str, mode: str) -> dict:
         report = runs.read_report(workdir) or {}
         report["eval"] = runs.evaluate_model(config, model, dataset, workdir)
         report["eval"]["evaluated_step"] = model.step
-        runs._write_json(os.path.join(workdir, "report.json"), report)
+        runs.write_json(os.path.join(workdir, "report.json"), report)
     else:
         if not config.analysis.name:
             raise configlib.ConfigError(

@@ -37,7 +37,10 @@ def run_notebook(tmp_path):
         os.environ["ADVJAX_REPO"] = str(REPO)
         try:
             NotebookClient(
-                nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+                nb,
+                timeout=timeout,
+                kernel_name="python3",
+                resources={"metadata": {"path": str(tmp_path)}},
             ).execute()
         finally:
             os.environ.pop("ADVJAX_NOTEBOOK_SMOKE", None)

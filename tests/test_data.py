@@ -17,8 +17,16 @@ from advjax.data import mnist as mnist_source
 
 
 def cfg(**kw):
-    base = dict(name="mnist", num_train=0, num_test=0, num_val=0, seed=0, data_dir="",
-                download=False, cache_dir="")
+    base = dict(
+        name="mnist",
+        num_train=0,
+        num_test=0,
+        num_val=0,
+        seed=0,
+        data_dir="",
+        download=False,
+        cache_dir="",
+    )
     base.update(kw)
     return ml_collections.ConfigDict(base)
 
@@ -123,11 +131,15 @@ def test_subsets_and_validation_split_are_disjoint_and_seeded():
 
 def test_batches_depend_only_on_seed_and_step_and_cover_each_epoch():
     n, bs = 50, 10
-    epoch0 = np.concatenate([data.batch_indices(s, num_examples=n, batch_size=bs, seed=1) for s in range(5)])
+    epoch0 = np.concatenate(
+        [data.batch_indices(s, num_examples=n, batch_size=bs, seed=1) for s in range(5)]
+    )
     assert sorted(epoch0) == list(range(n))
     again = data.batch_indices(3, num_examples=n, batch_size=bs, seed=1)
     np.testing.assert_array_equal(again, epoch0[30:40])
-    epoch1 = np.concatenate([data.batch_indices(s, num_examples=n, batch_size=bs, seed=1) for s in range(5, 10)])
+    epoch1 = np.concatenate(
+        [data.batch_indices(s, num_examples=n, batch_size=bs, seed=1) for s in range(5, 10)]
+    )
     assert sorted(epoch1) == list(range(n)) and not np.array_equal(epoch0, epoch1)
 
 
@@ -142,4 +154,7 @@ def test_augmentation_is_a_padded_crop_or_flip_of_each_image():
         candidates = windows + [w[:, ::-1] for w in windows]
         assert any(np.array_equal(aug, w) for w in candidates)
     flipped = np.asarray(data.augment(jax.random.key(2), x, flip=True))
-    assert all(np.array_equal(f, i) or np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, x, strict=True))
+    assert all(
+        np.array_equal(f, i) or np.array_equal(f, i[:, ::-1])
+        for f, i in zip(flipped, x, strict=True)
+    )

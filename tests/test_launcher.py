@@ -25,19 +25,29 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu", ADVJAX_PROGRESS="0")
 def launch(*args, timeout=600):
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "launch", "main.py"), *args],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def test_mnist_pgd_smoke_writes_the_full_record(tmp_path):
     proc = launch("--config", "configs/mnist_pgd.py:smoke", "--workdir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {"config.json", "dataset_info.json", "metrics.jsonl", "report.json", "checkpoints"} <= set(
-        os.listdir(tmp_path)
-    )
+    assert {
+        "config.json",
+        "dataset_info.json",
+        "metrics.jsonl",
+        "report.json",
+        "checkpoints",
+    } <= set(os.listdir(tmp_path))
     report = json.load(open(tmp_path / "report.json"))
     assert 0.0 <= report["eval"]["robust_accuracy"] <= report["eval"]["clean_accuracy"] <= 1.0
-    assert report["train"]["finished"] and report["train"]["steps"] == report["train"]["total_steps"]
+    assert (
+        report["train"]["finished"] and report["train"]["steps"] == report["train"]["total_steps"]
+    )
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert records and all("step" in r for r in records)
     assert any("examples_per_sec" in r for r in records)
@@ -61,8 +71,14 @@ def test_mnist_pgd_smoke_writes_the_full_record(tmp_path):
     ],
 )
 def test_bad_config_fails_before_compute_naming_the_key(tmp_path, override, message):
-    proc = launch("--config", "configs/mnist_standard.py:smoke", "--workdir", str(tmp_path), override,
-                  timeout=120)
+    proc = launch(
+        "--config",
+        "configs/mnist_standard.py:smoke",
+        "--workdir",
+        str(tmp_path),
+        override,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr or "lerning_rate" in message or "abc" in override
@@ -71,12 +87,16 @@ def test_bad_config_fails_before_compute_naming_the_key(tmp_path, override, mess
 
 def test_validation_messages_name_key_value_and_allowed():
     c = configlib.load_config("configs/mnist_standard.py:smoke")
-    c.train.val_attack = ml_collections.ConfigDict(dict(name="pgd", norm="l7", eps=0.1, num_steps=1))
+    c.train.val_attack = ml_collections.ConfigDict(
+        dict(name="pgd", norm="l7", eps=0.1, num_steps=1)
+    )
     with pytest.raises(configlib.ConfigError, match=r"train.val_attack.norm.*'l7'.*allowed"):
         configlib.validate(c)
     c = configlib.load_config("configs/mnist_standard.py:smoke")
     c.train.objective.name = "magic"
-    with pytest.raises(configlib.ConfigError, match=r"train.objective.name.*magic.*allowed.*pgd_at"):
+    with pytest.raises(
+        configlib.ConfigError, match=r"train.objective.name.*magic.*allowed.*pgd_at"
+    ):
         configlib.validate(c)
     c = configlib.load_config("configs/mnist_standard.py:smoke")
     c.train.optimizer.schedule = "exp"
@@ -117,19 +137,26 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
 def test_a_different_config_never_touches_a_finished_run(tmp_path):
     config = tiny_config(num_epochs=1.0)
     runs.train_and_evaluate(config, str(tmp_path), dataset=blob_images())
-    before = {f: os.path.getmtime(os.path.join(r, f)) for r, _, fs in os.walk(tmp_path / "checkpoints")
-              for f in fs}
+    before = {
+        f: os.path.getmtime(os.path.join(r, f))
+        for r, _, fs in os.walk(tmp_path / "checkpoints")
+        for f in fs
+    }
     changed = tiny_config(num_epochs=1.0)
     changed.train.optimizer.learning_rate = 0.5
     with pytest.raises(configlib.ConfigError, match="train.optimizer.learning_rate"):
         runs.train_and_evaluate(changed, str(tmp_path), dataset=blob_images())
-    after = {f: os.path.getmtime(os.path.join(r, f)) for r, _, fs in os.walk(tmp_path / "checkpoints")
-             for f in fs}
+    after = {
+        f: os.path.getmtime(os.path.join(r, f))
+        for r, _, fs in os.walk(tmp_path / "checkpoints")
+        for f in fs
+    }
     assert before == after
 
 
 KILL_ARGS = [
-    "--config", "configs/mnist_standard.py:smoke",
+    "--config",
+    "configs/mnist_standard.py:smoke",
     "--config.model.name=mlp",
     "--config.train.num_epochs=6",
     "--config.checkpoint.every_steps=3",
@@ -144,8 +171,17 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
 
     workdir = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "launch", "main.py"), *KILL_ARGS, "--workdir", str(workdir)],
-        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            os.path.join(REPO, "launch", "main.py"),
+            *KILL_ARGS,
+            "--workdir",
+            str(workdir),
+        ],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     # Kill as soon as a few checkpoints exist, in the middle of training.
     deadline = time.time() + 300

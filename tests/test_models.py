@@ -62,7 +62,9 @@ def test_batchnorm_statistics_change_only_in_training():
     jax.tree.map(np.testing.assert_array_equal, updated["batch_stats"], variables["batch_stats"])
     _, updated = module.apply(variables, x, train=True, mutable=["batch_stats"])
     changed = jax.tree.leaves(
-        jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updated["batch_stats"], variables["batch_stats"])
+        jax.tree.map(
+            lambda a, b: bool(jnp.any(a != b)), updated["batch_stats"], variables["batch_stats"]
+        )
     )
     assert all(changed)
     # In eval mode predictions do not depend on the rest of the batch.

@@ -26,8 +26,9 @@ def _linear_setup(objective_cfg, lr=0.1):
     tx = optax.sgd(lr)
     variables = models.init_variables(module, ds.info, jax.random.key(0))
     params = variables.pop("params")
-    state = training.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
-                                opt_state=tx.init(params))
+    state = training.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, model_state={}, opt_state=tx.init(params)
+    )
     batch = {"x": jnp.asarray(ds.train_x[:32]), "y": jnp.asarray(ds.train_y[:32])}
     return module, objective, tx, state, batch
 
@@ -42,8 +43,11 @@ def test_standard_step_is_one_sgd_step_on_the_cross_entropy():
         return jnp.mean(losses.cross_entropy(logits, batch["y"]))
 
     expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, jax.grad(ce)(state.params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 new_state.params, expected)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        new_state.params,
+        expected,
+    )
     np.testing.assert_allclose(metrics["loss"], ce(state.params), rtol=1e-6)
     assert int(new_state.step) == 1
 
@@ -51,8 +55,10 @@ def test_standard_step_is_one_sgd_step_on_the_cross_entropy():
 def test_pgd_at_with_zero_eps_equals_standard_training_loss():
     _, standard, _, state, batch = _linear_setup({"name": "standard"})
     module, pgd_at, _, _, _ = _linear_setup(
-        {"name": "pgd_at", "attack": {"name": "pgd", "norm": "linf", "eps": 0.0,
-                                      "step_size": 0.1, "num_steps": 3}}
+        {
+            "name": "pgd_at",
+            "attack": {"name": "pgd", "norm": "linf", "eps": 0.0, "step_size": 0.1, "num_steps": 3},
+        }
     )
     forward = training.make_forward(module, {}, jax.random.key(0))
     loss_std, _ = standard.loss_fn(state.params, forward, batch, jax.random.key(2), None)
@@ -62,8 +68,16 @@ def test_pgd_at_with_zero_eps_equals_standard_training_loss():
 
 def test_pgd_at_loss_is_the_loss_at_the_attack_point():
     module, pgd_at, _, state, batch = _linear_setup(
-        {"name": "pgd_at", "attack": {"name": "pgd", "norm": "linf", "eps": 0.1,
-                                      "step_size": 0.05, "num_steps": 5}}
+        {
+            "name": "pgd_at",
+            "attack": {
+                "name": "pgd",
+                "norm": "linf",
+                "eps": 0.1,
+                "step_size": 0.05,
+                "num_steps": 5,
+            },
+        }
     )
     forward = training.make_forward(module, {}, jax.random.key(0))
     loss_adv, _ = pgd_at.loss_fn(state.params, forward, batch, jax.random.key(3), None)
@@ -84,8 +98,9 @@ def test_train_step_compiles_once_across_steps():
 
     jitted = jax.jit(counted)
     for i in range(4):
-        state, _ = jitted(state, {k: v + 0.0 * i for k, v in batch.items()} | {"y": batch["y"]},
-                          jax.random.key(0))
+        state, _ = jitted(
+            state, {k: v + 0.0 * i for k, v in batch.items()} | {"y": batch["y"]}, jax.random.key(0)
+        )
     assert len(traces) == 1 and int(state.step) == 4
 
 
@@ -103,9 +118,13 @@ def test_training_learns_and_writes_the_record(tmp_path):
     config.train.optimizer.learning_rate = 1e-2
     report = runs.train_and_evaluate(config, str(tmp_path), dataset=blob_images())
     assert report["eval"]["clean_accuracy"] > 0.9  # Separable blobs.
-    assert {"config.json", "metrics.jsonl", "report.json", "checkpoints"} <= set(os.listdir(tmp_path))
+    assert {"config.json", "metrics.jsonl", "report.json", "checkpoints"} <= set(
+        os.listdir(tmp_path)
+    )
     records = runs.read_metrics(str(tmp_path))
-    assert any("examples_per_sec" in r for r in records) and any("val_accuracy" in r for r in records)
+    assert any("examples_per_sec" in r for r in records) and any(
+        "val_accuracy" in r for r in records
+    )
     model = runs.load_trained(str(tmp_path))
     ds = blob_images()
     acc = np.mean(np.argmax(model.logits_fn(ds.test_x[:64]), -1) == ds.test_y[:64])
@@ -118,8 +137,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     ds = blob_images()
     # Poison one example of the batch at step index 4 (the 5th step): steps 1-4 are
     # finite, so checkpoints 2 and 4 are written, and the 5th update is NaN.
-    poisoned = data.batch_indices(4, num_examples=ds.num_train, batch_size=32,
-                                  seed=training.batch_seed(config))[0]
+    poisoned = data.batch_indices(
+        4, num_examples=ds.num_train, batch_size=32, seed=training.batch_seed(config)
+    )[0]
     ds.train_x[poisoned] = np.nan
     with pytest.raises(training.TrainingDivergedError, match="loss became nan at step 5") as err:
         runs.train_and_evaluate(config, str(tmp_path), dataset=ds)
@@ -156,7 +176,10 @@ def test_data_parallel_training_matches_one_device(tmp_path):
         print("OK")
         """
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

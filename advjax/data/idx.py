@@ -43,7 +43,12 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def _find(folder: str, stem: str) -> str:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         path = os.path.join(folder, name)
         if os.path.exists(path):
             return path

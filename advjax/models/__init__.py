@@ -43,7 +43,9 @@ def build_model(model_config, info):
 def init_variables(module, info, key: jax.Array) -> dict:
     """Initial variables (``params`` and, for BatchNorm models, ``batch_stats``)."""
     dummy = jnp.zeros((1, *info.input_shape), jnp.float32)
-    return dict(jax.jit(lambda k: module.init({"params": k, "dropout": k}, dummy, train=False))(key))
+    return dict(
+        jax.jit(lambda k: module.init({"params": k, "dropout": k}, dummy, train=False))(key)
+    )
 
 
 def count_params(params) -> int:
