@@ -52,13 +52,14 @@ def get_config(arg: str | None = None):
             baseline="mean",  # mean | zero | blur
             blur_sigma=2.0,
             output="log_prob",  # log_prob | log_odds | logit
+            label="true",  # true | adv_prediction (the class predicted on x_adv)
             pairs="neighbour",  # neighbour | random
             num_images=20,
             num_pairs=20,
             num_contexts=16,
             ratios=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
             bands=(0.3, 0.7),  # low: m/n <= 0.3, high: m/n >= 0.7
-            chunk_size=512,
+            chunk_size=128,  # masked images per model call (CPU caches favour small batches)
             exact_grid=(3, 3),  # exact decomposition on a coarse grid; () to skip
             attack=dict(
                 eps=0.3,

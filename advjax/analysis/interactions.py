@@ -56,7 +56,7 @@ class Game:
 
     num_players: int
     batch_fn: Callable[[jax.Array], jax.Array]
-    chunk_size: int = 256
+    chunk_size: int = 128
 
     def __call__(self, masks: jax.Array) -> jax.Array:
         """Values of ``masks`` [..., n] (any leading shape), streamed in chunks."""

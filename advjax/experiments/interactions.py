@@ -37,6 +37,9 @@ from advjax.analysis import interactions as itx
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAIR_KINDS = ("neighbour", "random")
+# Whose output is the game value: the true class (reference --out_type GT) or the class the
+# model predicts on x_adv (--out_type Target), for both x and x_adv.
+LABELS = ("true", "adv_prediction")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,6 +58,7 @@ def validate_analysis(a: ml_collections.ConfigDict) -> None:
     registry.one_of(a.baseline, itx.BASELINES, key="analysis.baseline")
     registry.one_of(a.output, itx.OUTPUTS, key="analysis.output")
     registry.one_of(a.pairs, PAIR_KINDS, key="analysis.pairs")
+    registry.one_of(a.label, LABELS, key="analysis.label")
     for key in ("num_images", "num_pairs", "num_contexts", "chunk_size"):
         _check(int(a[key]) >= 1, key, a[key], "must be >= 1")
     _check(
@@ -271,6 +275,9 @@ def compute_interactions(
         exact_table = make_exact_table(fn, a, channel_mean=channel_mean) if a.exact_grid else None
         rec = {c: {"mean": [], "stderr": [], "mean_abs": []} for c in ("clean", "adv")}
         rec.update(ends_clean=[], ends_adv=[], exact_clean=[], exact_adv=[])
+        labels = np.asarray(y)
+        if a.label == "adv_prediction":
+            labels = np.asarray(jnp.argmax(fn(jnp.asarray(x_adv[name])), axis=-1))
         for k in tqdm(range(len(x)), desc=f"interactions [{name}]", unit="img"):
             pairs = itx.sample_pairs(
                 jax.random.fold_in(key_pairs, k),
@@ -280,13 +287,13 @@ def compute_interactions(
             )
             ctx = jax.random.fold_in(key_ctx, k)
             for cond, img in (("clean", x[k]), ("adv", x_adv[name][k])):
-                deltas, ends = estimate(jnp.asarray(img), int(y[k]), pairs, ctx)
+                deltas, ends = estimate(jnp.asarray(img), int(labels[k]), pairs, ctx)
                 est = itx.summarize_deltas(deltas)
                 for field in ("mean", "stderr", "mean_abs"):
                     rec[cond][field].append(np.asarray(getattr(est, field), np.float64))
                 rec[f"ends_{cond}"].append(np.asarray(ends, np.float64))
                 if exact_table is not None:
-                    table = np.asarray(exact_table(jnp.asarray(img), int(y[k])), np.float64)
+                    table = np.asarray(exact_table(jnp.asarray(img), int(labels[k])), np.float64)
                     rec[f"exact_{cond}"].append(itx.decomposition_exact(table))
         for cond in ("clean", "adv"):
             rec[cond] = {f: np.stack(v) for f, v in rec[cond].items()}
@@ -562,6 +569,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "num_contexts": int(a.num_contexts),
             "baseline": a.baseline,
             "output": a.output,
+            "label": a.label,
             "bands": list(a.bands),
             "attack": a.attack.to_dict(),
             "pool_size": int(len(dataset.test_x)),
