@@ -200,7 +200,7 @@ def image_game(
     channel_mean: jax.Array | Sequence[float] | None = None,
     blur_sigma: float = 2.0,
     output: str | Callable[[jax.Array, jax.Array], jax.Array] = "log_prob",
-    chunk_size: int = 256,
+    chunk_size: int = 128,
 ) -> Game:
     """The game of Ren et al. on one image: players are grid cells, v(S) = output(f(x_S)).
 
