@@ -10,6 +10,7 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -453,3 +454,19 @@ def test_notebook_known_answers_and_experiment(run_notebook):
     for residual in result["exact_residual"].values():
         assert residual < 1e-10  # v(N) - v(empty) decomposition on the model's own game
     assert result["figures"] and all(os.path.getsize(p) > 0 for p in result["figures"])
+
+
+def test_experiment_helpers():
+    from advjax.experiments import interactions as experiment
+
+    labels = np.array([0, 0, 0, 1, 1, 2, 0, 2])
+    # Round-robin over classes in pool order: first of each class, then second of each, ...
+    np.testing.assert_array_equal(experiment.balanced_first(np.arange(8), labels, 4), [0, 1, 3, 5])
+    overrides = ml_collections.ConfigDict({"train": {"num_epochs": 0.5}})
+    config = experiment._model_config("configs/mnist_standard.py:smoke", overrides)
+    assert config.train.num_epochs == 0.5 and config.model.name == "small_cnn"
+    with pytest.raises(ValueError, match="lerning_rate"):
+        experiment._model_config(
+            "configs/mnist_standard.py",
+            ml_collections.ConfigDict({"train": {"optimizer": {"lerning_rate": 1.0}}}),
+        )
