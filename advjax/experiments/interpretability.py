@@ -200,7 +200,13 @@ def _ensemble_eval_config(config) -> ml_collections.ConfigDict | None:
         print(f"{NAME}: ensemble evaluation skipped ({err})")
         return None
     cfg = ml_collections.ConfigDict(config.eval.to_dict())
-    cfg.attacks = ml_collections.ConfigDict(a.ensemble.to_dict())
+    attacks = a.ensemble.to_dict()
+    # The PGD attack at the same eps joins, so the per-example worst case is reported too.
+    with_pgd = a.get("ensemble_with", "")
+    if with_pgd:
+        attacks[with_pgd] = config.eval.attacks[with_pgd].to_dict()
+    cfg.attacks = ml_collections.ConfigDict(attacks)
+    cfg.num_examples = int(a.get("ensemble_examples", 0) or cfg.num_examples)
     cfg.eps_grid = []
     cfg.sanity_checks = False
     return cfg
@@ -241,8 +247,9 @@ def _markdown(rows: dict[str, dict], attacks: dict[str, dict], report: dict) -> 
     head = ["model", "objective", "clean"] + [
         f"{attacks[n]['norm']} {attacks[n]['eps']:g}" for n in names
     ]
-    extra = sorted({k for r in rows.values() for k in r.get("ensemble", {})})
-    head += [f"ensemble {k}" for k in extra]
+    extra = sorted({k for r in rows.values() for k in r.get("ensemble", {})} - {"num_examples"})
+    n_ens = next((r["ensemble"]["num_examples"] for r in rows.values() if "ensemble" in r), 0)
+    head += [f"{k} (first {n_ens})" for k in extra]
     metric_keys = sorted({k for r in rows.values() for k in r["interpretability"]})
     head += metric_keys
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -370,6 +377,8 @@ def run(config, workdir: str) -> dict:
             cache = os.path.join(mdir, f"{NAME}_ensemble_eval.json")
             ens = _evaluate(model, eval_x, eval_y, ensemble_cfg, cache, eval_key)
             row["ensemble"] = {k: v["robust_accuracy"] for k, v in ens["attacks"].items()}
+            row["ensemble"]["worst_case"] = ens["robust_accuracy"]
+            row["ensemble"]["num_examples"] = ens["num_examples"]
         row["eval_seconds_this_call"] = round(time.time() - t0, 1)
         rows[name] = row
     order = list(a.get("order", None) or []) + [n for n in rows if n not in (a.get("order") or [])]

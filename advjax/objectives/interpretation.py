@@ -109,7 +109,9 @@ def ir_loss(
 
     Returns:
       (loss, aux) with aux = {"model_state", "metrics"}; metrics hold ce, cs, gm, the mean
-      cosine to the target (``cos_target``), the mean per-example gradient norm and accuracy.
+      cosine to the target (``cos_target``), the mean per-example input-gradient norm
+      (``input_grad_norm``; the train step logs the parameter-gradient norm as ``grad_norm``)
+      and accuracy.
     """
     del key, carry
     x, y, target = batch["x"], batch["y"], batch["target"]
@@ -124,7 +126,7 @@ def ir_loss(
         "cs": cs,
         "gm": gm,
         "cos_target": jnp.mean(cos),
-        "grad_norm": jnp.mean(per_example_norm),
+        "input_grad_norm": jnp.mean(per_example_norm),
         "accuracy": jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32)),
     }
     if variant == "cosine":
