@@ -202,12 +202,16 @@ def test_decomposition_known_cases():
     x = inputs(30, seed=12)
     y = jnp.asarray(np.random.default_rng(13).integers(0, 3, 30))
     kwargs = dict(norm="linf", step_size=0.02, num_steps=5, chunk_size=8)
+    # eps is traced, so both radii share one compilation.
+    decompose = jax.jit(
+        lambda eps: info.robust_decomposition(fn, x, y, jax.random.PRNGKey(0), eps=eps, **kwargs)
+    )
     # eps = 0: the worst case is the clean input, so R = M and N = 0.
-    zero = info.robust_decomposition(fn, x, y, jax.random.PRNGKey(0), eps=0.0, **kwargs)
+    zero = decompose(0.0)
     assert float(zero["N"]) == pytest.approx(0.0, abs=1e-6)
     assert float(zero["R"]) == pytest.approx(float(info.between_class_kl(fn(x), y)), rel=1e-5)
     # eps > 0: M = R + N, and M is the between-class KL of the clean logits.
-    dec = info.robust_decomposition(fn, x, y, jax.random.PRNGKey(0), eps=0.1, **kwargs)
+    dec = decompose(0.1)
     assert float(dec["M"]) == pytest.approx(float(dec["R"] + dec["N"]), rel=1e-6)
     assert float(dec["M"]) == pytest.approx(float(zero["M"]), rel=1e-6)
     assert float(dec["local_worst_kl"]) > 0.0
@@ -216,6 +220,44 @@ def test_decomposition_known_cases():
     flat = info.robust_decomposition(const, x, y, jax.random.PRNGKey(0), eps=0.3, **kwargs)
     assert float(flat["M"]) == pytest.approx(0.0, abs=1e-6)
     assert float(flat["N"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def bernoulli_kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KL(Ber(sigmoid(a)) || Ber(sigmoid(b))), i.e. KL between softmax((0, a)) and ((0, b))."""
+    la, lb = -np.logaddexp(0, -a), -np.logaddexp(0, -b)  # log sigmoid
+    ma, mb = -np.logaddexp(0, a), -np.logaddexp(0, b)  # log (1 - sigmoid)
+    return np.exp(la) * (la - lb) + np.exp(ma) * (ma - mb)
+
+
+def test_pairwise_decomposition_matches_brute_force_on_logistic_model():
+    # Logits (0, w.x): an l_2 perturbation of norm <= eps moves the logit w.x by at most
+    # r = eps ||w|| (along w), so the merging adversary solves a 2-d problem that a grid
+    # search answers: min over a in [a0 - r, a0 + r], b in [b0 - r, b0 + r] of KL.
+    rng = np.random.default_rng(14)
+    w = rng.normal(size=6)
+    fn = lambda v: jnp.stack([jnp.zeros(v.shape[0]), v.reshape(v.shape[0], -1) @ w], 1)  # noqa: E731
+    x = jnp.asarray(rng.normal(size=(10, 6)) * 0.6, jnp.float32)
+    y = jnp.asarray(np.arange(10) % 2)
+    eps = 0.25
+    key = jax.random.PRNGKey(5)
+    kwargs = dict(norm="l2", num_pairs=12, step_size=eps / 15, num_steps=40, bounds=(-50.0, 50.0))
+    out = info.pairwise_robust_decomposition(fn, x, y, key, eps=eps, chunk_size=5, **kwargs)
+    i, j, valid = info.sample_between_class_pairs(y, key, num_pairs=12)
+    assert bool(jnp.all(valid))
+    logit = np.asarray(x, np.float64) @ w
+    r = eps * np.linalg.norm(w)
+    grid = np.linspace(-1.0, 1.0, 401)
+    clean, merged = [], []
+    for a0, b0 in zip(logit[np.asarray(i)], logit[np.asarray(j)], strict=True):
+        clean.append(float(bernoulli_kl(np.array(a0), np.array(b0))))
+        kl = bernoulli_kl(a0 + r * grid[:, None], b0 + r * grid[None, :])
+        merged.append(float(kl.min()))
+    assert float(out["M_pair"]) == pytest.approx(np.mean(clean), rel=1e-4)
+    assert float(out["R_pair"]) == pytest.approx(np.mean(merged), rel=0.02, abs=2e-3)
+    assert 0.0 <= float(out["R_pair"]) <= float(out["M_pair"])
+    # eps = 0: nothing can be merged, R = M.
+    zero = info.pairwise_robust_decomposition(fn, x, y, key, eps=0.0, **kwargs)
+    assert float(zero["N_pair"]) == pytest.approx(0.0, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------ layers
@@ -275,7 +317,9 @@ def test_fisher_kl_objective_known_values():
     assert float(aux0["metrics"]["loss_fisher"]) == pytest.approx(0.0, abs=1e-7)
     # eps > 0: loss = CE + beta * KL(p(x) || p(x_F)), with x_F the KL ascent of the analysis.
     obj = build_fisher_kl(fisher_config(2.0, 0.2))
-    loss, aux = jax.jit(lambda p: obj.loss_fn(p, forward, batch, key, None))(params)
+    (loss, aux), grads = jax.jit(
+        jax.value_and_grad(lambda p: obj.loss_fn(p, forward, batch, key, None), has_aux=True)
+    )(params)
     x_f, kl = info.kl_worst_case(
         lambda v: forward.eval(params, v),
         x,
@@ -288,7 +332,6 @@ def test_fisher_kl_objective_known_values():
     assert float(aux["metrics"]["loss_fisher"]) == pytest.approx(float(jnp.mean(kl)), rel=1e-4)
     assert float(loss) == pytest.approx(ce + 2.0 * float(jnp.mean(kl)), rel=1e-4)
     # Gradients flow through both p(x) and p(x_F).
-    grads = jax.grad(lambda p: obj.loss_fn(p, forward, batch, key, None)[0])(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
     with pytest.raises(ValueError, match="train.objective.gamma"):
         build_fisher_kl(ml_collections.ConfigDict(dict(name="fisher_kl", gamma=1.0)))

@@ -182,7 +182,7 @@ def test_trained_critic_bounds_below_truth(bound):
         x, z = bivariate(rho, 4000, seed=6)
         est = float(
             mi.variational_mi(
-                jax.random.PRNGKey(0), x, z, bound=bound, num_steps=400, batch_size=128
+                jax.random.PRNGKey(0), x, z, bound=bound, num_steps=300, batch_size=128
             )
         )
         truth = gaussian_truth(rho)

@@ -300,12 +300,18 @@ def infonce_bound(scores: jax.Array) -> jax.Array:
 BOUND_FNS = {"dv": dv_bound, "nwj": nwj_bound, "infonce": infonce_bound}
 
 
-def make_critic(name: str = "separable", *, hidden: int = 64, embed_dim: int = 32) -> nn.Module:
-    """The critic module named ``name`` ('separable' or 'concat')."""
+def make_critic(
+    name: str = "separable", *, hidden: int = 64, embed_dim: int = 32, depth: int = 2
+) -> nn.Module:
+    """The critic module named ``name`` ('separable' or 'concat') with ``depth`` hidden layers.
+
+    ``depth = 0`` with 'separable' is the bilinear critic f(x, z) = (A x + a) . (B z + b),
+    the least prone to overfitting on small samples.
+    """
     if name == "separable":
-        return SeparableCritic(hidden=hidden, embed_dim=embed_dim)
+        return SeparableCritic(hidden=hidden, embed_dim=embed_dim, depth=depth)
     if name == "concat":
-        return ConcatCritic(hidden=hidden)
+        return ConcatCritic(hidden=hidden, depth=max(depth, 1))
     raise ValueError(f"critic: got {name!r}; allowed: {list(CRITICS)}")
 
 
@@ -442,6 +448,7 @@ def variational_mi(
     critic: str | nn.Module = "separable",
     hidden: int = 64,
     embed_dim: int = 32,
+    depth: int = 2,
     num_steps: int = 500,
     batch_size: int = 128,
     learning_rate: float = 3e-3,
@@ -461,6 +468,7 @@ def variational_mi(
       critic: 'separable', 'concat' or a flax module returning [K, K] scores.
       hidden: critic hidden width.
       embed_dim: separable critic embedding width.
+      depth: hidden layers of the critic's MLPs.
       num_steps: optimiser steps.
       batch_size: K for training and for evaluation blocks.
       learning_rate: Adam learning rate.
@@ -476,7 +484,7 @@ def variational_mi(
     n_eval = max(2, int(round(holdout_fraction * n)))
     eval_idx, train_idx = perm[:n_eval], perm[n_eval:]
     module = (
-        make_critic(critic, hidden=hidden, embed_dim=embed_dim)
+        make_critic(critic, hidden=hidden, embed_dim=embed_dim, depth=depth)
         if isinstance(critic, str)
         else critic
     )
