@@ -355,3 +355,39 @@ def test_notebook_runs_and_its_checks_hold(run_notebook):
     assert checks["ksg_max_abs_error"] < 0.05
     assert checks["kl_identity_max_residual"] < 1e-5
     assert checks["decomposition_max_residual"] < 1e-5
+
+
+def test_findings_on_synthetic_curves():
+    from advjax.experiments.information import findings
+
+    def curve(m, r, rp, fisher, robust):
+        return {
+            "M": m,
+            "R": r,
+            "N": [a - b for a, b in zip(m, r, strict=True)],
+            "M_pair": m,
+            "R_pair": rp,
+            "N_pair": [a - b for a, b in zip(m, rp, strict=True)],
+            "fisher_frobenius": fisher,
+            "robust_accuracy": robust,
+        }
+
+    curves = {
+        # M grows 0 -> 10, R only 0 -> 1: growth through N; Fisher rises.
+        "standard": curve([0, 5, 10], [0, 0.5, 1], [0, 0.2, 0.5], [0.01, 1, 2], [0, 0, 0]),
+        # M grows 0 -> 2, R 0 -> 1.5: growth through R; Fisher 20x lower.
+        "pgd_at": curve([0, 1, 2], [0, 1, 1.5], [0, 0.8, 1.2], [0.01, 0.05, 0.1], [0, 0.3, 0.5]),
+        "trades": curve([0, 1, 1], [0, 0.2, 0.3], [0, 0.1, 0.2], [0.01, 0.5, 1], [0, 0.1, 0.2]),
+    }
+    out = findings(curves)
+    first = out["readings"]["worst_case_inputs"]
+    assert first["standard"]["M_grows_mostly_through_N"] is True
+    assert first["pgd_at"]["M_grows_mostly_through_R"] is True
+    assert first["trades"]["M_grows_mostly_through_R"] is False
+    assert first["pgd_at"]["R_share_higher_than_standard"] is True
+    assert first["pgd_at"]["final_R_share"] == pytest.approx(0.75)
+    assert out["readings"]["merging_adversary"]["pgd_at"]["final_R_share"] == pytest.approx(0.6)
+    assert out["fisher"]["standard_rises"] is True
+    assert out["fisher"]["pgd_at_ratio_standard_over_this"] == pytest.approx(20.0)
+    # Fisher order (pgd_at < trades < standard) is the reverse of robust accuracy order.
+    assert out["fisher"]["spearman_vs_robust_accuracy"] == pytest.approx(-1.0)

@@ -208,3 +208,12 @@ def test_chunked_map_matches_direct_call():
     out = mi.chunked_map(lambda a: {"sq": a**2, "sum": jnp.sum(a, axis=1)}, x, chunk_size=5)
     np.testing.assert_allclose(out["sq"], x**2)
     np.testing.assert_allclose(out["sum"], x[:, 0])
+
+
+def test_ksg_compiles_once_per_shape():
+    x, z = bivariate(0.5, 300, seed=8)
+    mi.ksg_mi(x, z, chunk_size=100)
+    before = mi._ksg_mi_jit._cache_size()
+    x2, z2 = bivariate(0.3, 300, seed=9)
+    mi.ksg_mi(x2, z2, chunk_size=100)
+    assert mi._ksg_mi_jit._cache_size() == before

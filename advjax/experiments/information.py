@@ -9,7 +9,8 @@ set of test examples:
 * clean accuracy and robust accuracy (PGD on the cross-entropy, ``analysis.attack``);
 * the metric M, its robust component R_eps and its non-robust component N_eps = M - R_eps,
   and the local worst-case KL (`advjax.analysis.information.robust_decomposition`,
-  threat model ``analysis.threat``);
+  threat model ``analysis.threat``), and the merging-adversary reading R_pair + N_pair on
+  ``analysis.num_pairs`` between-class pairs (`pairwise_robust_decomposition`);
 * the input Fisher information: mean ||F(x)||_F, lambda_max(F(x)) and trace F(x);
 * I(Y; Z) between the label and a layer's representation on clean and on adversarial
   inputs (InfoNCE with a small critic), and the plug-in I(Y; Y_hat).
