@@ -518,8 +518,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns:
       The report dict also written to ``workdir/interactions.json``.
     """
+    from advjax import configlib
+
     a = config.analysis
-    validate_analysis(a)
+    try:
+        validate_analysis(a)
+    except ValueError as err:
+        raise configlib.ConfigError(str(err)) from None
     start = time.time()
     models = load_models(a, workdir)
     dataset = data.load_dataset(config.data)
