@@ -135,7 +135,7 @@ def train_and_evaluate(
     """Trains (resuming if possible), evaluates and writes ``report.json``."""
     validate(config)
     dataset, result, seconds = _train(config, workdir, eval_hook, dataset)
-    model = result.best_model if config.eval.use_best and result.best_model else result.model
+    model = _chosen(config, result)
     start = time.time()
     eval_section = evaluate_model(config, model, dataset, workdir)
     report = {
@@ -159,8 +159,15 @@ def train_or_load(
 ) -> TrainedModel:
     """The trained model of ``config`` in ``workdir``, training it first if needed.
 
-    A finished run is restored without training; an unfinished one resumes.
+    A finished run is restored without training; an unfinished one resumes. With
+    ``config.eval.use_best`` the best validation checkpoint is returned.
     """
     validate(config)
     _, result, _ = _train(config, workdir, eval_hook, dataset)
+    return _chosen(config, result)
+
+
+def _chosen(config, result: training.TrainResult) -> TrainedModel:
+    if config.eval.use_best and result.best_model is not None:
+        return result.best_model
     return result.model

@@ -41,6 +41,8 @@ def get_config(arg: str | None = None):
         c.train.batch_size = 100
         c.train.optimizer.learning_rate = 1e-3
         c.train.objective.attack = base.pgd_attack(eps=0.3, step_size=0.05, num_steps=10)
+        # From scratch at eps 0.3 the small CNN stays at chance; ramping eps avoids that.
+        c.train.eps_ramp_fraction = 0.3
         c.train.eval_every_steps = 0
         c.checkpoint.every_steps = 600
     if "smoke" in args:

@@ -23,6 +23,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from advjax import checkpoints, configlib, data, registry, runs, training  # noqa: E402
+from advjax.experiments import AnalysisError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -40,6 +41,7 @@ EXPECTED_ERRORS = (
     data.DataUnavailableError,
     checkpoints.CheckpointError,
     training.TrainingDivergedError,
+    AnalysisError,
 )
 
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from advjax import data, plots, registry
 from advjax.analysis import equal_strength
 from advjax.analysis import interactions as itx
+from advjax.experiments import AnalysisError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAIR_KINDS = ("neighbour", "random")
@@ -540,7 +541,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bounds=dataset.info.bounds,
     )
     if len(idx) < 2:
-        raise RuntimeError(
+        raise AnalysisError(
             f"only {len(idx)} of {len(dataset.test_x)} test images are correct for both models "
             "with an in-band attack: raise config.data.num_test or analysis.attack.eps"
         )
