@@ -118,7 +118,12 @@ def test_adversarial_training_puts_the_weight_on_the_robust_feature(tmp_path):
     from advjax.configlib import load_config
     from advjax.experiments.tradeoff_toy import linear_weights
 
-    c = load_config("configs/tradeoff_toy.py:smoke")  # d = 50, eps = 2 eta
+    d, p = 200, 0.95
+    eta = 3.0 / math.sqrt(d)
+    c = load_config("configs/tradeoff_toy.py:smoke")
+    c.data.dim = d
+    c.train.objective.attack.eps = 2 * eta
+    c.train.objective.attack.step_size = eta
     c.data.num_train = 2000
     c.train.num_epochs = 8.0
     c.train.batch_size = 200
@@ -128,8 +133,6 @@ def test_adversarial_training_puts_the_weight_on_the_robust_feature(tmp_path):
     c.train.log_every_steps = 1000
     model = runs.train_or_load(c, str(tmp_path / "at"))
     w, b = linear_weights(model)
-    d, p = 50, 0.95
-    eta = 3.0 / math.sqrt(d)
     assert abs(w[0]) / np.abs(w).sum() > 0.8
     std = float(tradeoff.linear_accuracy(jnp.asarray(w), b, eta=eta, p=p))
     rob = float(tradeoff.linear_accuracy(jnp.asarray(w), b, eta=eta, p=p, eps=2 * eta))

@@ -227,33 +227,40 @@ def region_noise(
     return jnp.clip(x + sel * noise, *bounds)
 
 
-def _accuracy_chunked(
-    logits_fn: Callable[[jax.Array], jax.Array],
-    transform: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array],
-    x: np.ndarray,
-    y: np.ndarray,
-    mask: np.ndarray,
-    key: jax.Array,
-    chunk_size: int,
-) -> np.ndarray:
-    """Per-example correctness of ``logits_fn(transform(x, mask, key, index))`` in chunks."""
-    n = x.shape[0]
-    pad = (-n) % chunk_size
-    idx = np.arange(n + pad)
-    xp = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
-    mp = np.concatenate([mask, np.repeat(mask[-1:], pad, 0)]) if pad else mask
+def make_predictors(
+    logits_fn: Callable[[jax.Array], jax.Array], bounds: tuple[float, float] = (0.0, 1.0)
+):
+    """Jitted clean and region-noise arg-max predictors of one model.
+
+    Noise level and region are traced arguments, so a sweep over them reuses one compiled
+    function (per chunk shape). Build them once per model and pass them as ``predictors``
+    to `predict` and `noise_accuracies`.
+
+    Returns:
+      ``(clean(x), noisy(x, mask, key, sigma, on_foreground))``.
+    """
 
     @jax.jit
-    def one(xc, mc, ic):
-        k = jax.random.fold_in(key, ic[0])
-        return jnp.argmax(logits_fn(transform(xc, mc, k, ic)), axis=-1)
+    def clean(x):
+        return jnp.argmax(logits_fn(x), axis=-1)
 
-    preds = []
-    for s in range(0, n + pad, chunk_size):
-        preds.append(
-            np.asarray(one(xp[s : s + chunk_size], mp[s : s + chunk_size], idx[s : s + chunk_size]))
-        )
-    return (np.concatenate(preds)[:n] == np.asarray(y)).astype(np.float32)
+    @jax.jit
+    def noisy(x, mask, key, sigma, on_foreground):
+        m = mask.astype(x.dtype)[..., None]
+        sel = jnp.where(on_foreground, m, 1.0 - m)
+        noise = sigma * jax.random.normal(key, x.shape, x.dtype)
+        return jnp.argmax(logits_fn(jnp.clip(x + sel * noise, *bounds)), axis=-1)
+
+    return clean, noisy
+
+
+def _chunks(n: int, chunk_size: int):
+    return range(0, n + (-n) % chunk_size, chunk_size)
+
+
+def _pad(a: np.ndarray, chunk_size: int) -> np.ndarray:
+    pad = (-a.shape[0]) % chunk_size
+    return np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a
 
 
 def noise_accuracies(
@@ -266,51 +273,56 @@ def noise_accuracies(
     sigma: float,
     bounds: tuple[float, float] = (0.0, 1.0),
     chunk_size: int = 256,
+    predictors=None,
 ) -> dict[str, float]:
     """Clean, foreground-noise and background-noise accuracies and their RFS (RIVAL10).
 
+    The noisy inputs are those of `region_noise` (Gaussian noise of std ``sigma`` inside one
+    region, clipped to ``bounds``); chunk ``c`` draws its noise from ``fold_in(key, c)``.
+
     Args:
       logits_fn: eval-mode model ``x -> logits``.
-      x, y, mask: images, integer labels, foreground masks.
-      key: PRNG key (the same draw for every chunk position; chunks fold in their index).
+      x, y, mask: images ``[n, H, W, C]``, integer labels, foreground masks ``[n, H, W]``.
+      key: PRNG key.
       sigma: Gaussian noise std.
       bounds: input box.
-      chunk_size: images per compiled call.
+      chunk_size: images per compiled call (shapes stay static: the last chunk is padded).
+      predictors: `make_predictors` of this model and ``bounds`` (built here if None).
 
     Returns:
       ``{"clean", "fg_noise", "bg_noise", "rfs"}``.
     """
-    clean = _accuracy_chunked(logits_fn, lambda a, m, k, i: a, x, y, mask, key, chunk_size)
-    out = {"clean": float(clean.mean())}
-    for region in ("fg", "bg"):
-        tf = lambda a, m, k, i, r=region: region_noise(
-            a, m, k, sigma=sigma, region=r, bounds=bounds
-        )
-        out[f"{region}_noise"] = float(
-            _accuracy_chunked(
-                logits_fn,
-                tf,
-                x,
-                y,
-                mask,
-                jax.random.fold_in(key, 1 if region == "fg" else 2),
-                chunk_size,
-            ).mean()
-        )
+    clean_fn, noisy_fn = predictors or make_predictors(logits_fn, tuple(map(float, bounds)))
+    n = x.shape[0]
+    xp, mp = _pad(np.asarray(x), chunk_size), _pad(np.asarray(mask), chunk_size)
+    preds = {"clean": [], "fg_noise": [], "bg_noise": []}
+    for c, s in enumerate(_chunks(n, chunk_size)):
+        xc, mc = xp[s : s + chunk_size], mp[s : s + chunk_size]
+        preds["clean"].append(np.asarray(clean_fn(xc)))
+        for name, fg in (("fg_noise", True), ("bg_noise", False)):
+            k = jax.random.fold_in(jax.random.fold_in(key, int(fg)), c)
+            preds[name].append(np.asarray(noisy_fn(xc, mc, k, jnp.float32(sigma), fg)))
+    out = {k: float(np.mean(np.concatenate(v)[:n] == np.asarray(y))) for k, v in preds.items()}
     out["rfs"] = float(relative_foreground_sensitivity(out["fg_noise"], out["bg_noise"]))
     return out
 
 
 def predict(
-    logits_fn: Callable[[jax.Array], jax.Array], x: np.ndarray, *, chunk_size: int = 256
+    logits_fn: Callable[[jax.Array], jax.Array],
+    x: np.ndarray,
+    *,
+    chunk_size: int = 256,
+    predictors=None,
 ) -> np.ndarray:
-    """Arg-max predictions of ``logits_fn`` over ``x`` in fixed-size chunks (one compile)."""
+    """Arg-max predictions of ``logits_fn`` over ``x`` in fixed-size chunks.
+
+    Pass ``predictors`` (`make_predictors`) to reuse one compiled function across calls.
+    """
+    clean_fn, _ = predictors or make_predictors(logits_fn)
     n = x.shape[0]
-    pad = (-n) % chunk_size
-    xp = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
-    f = jax.jit(lambda a: jnp.argmax(logits_fn(a), axis=-1))
+    xp = _pad(np.asarray(x), chunk_size)
     return np.concatenate(
-        [np.asarray(f(xp[s : s + chunk_size])) for s in range(0, n + pad, chunk_size)]
+        [np.asarray(clean_fn(xp[s : s + chunk_size])) for s in _chunks(n, chunk_size)]
     )[:n]
 
 

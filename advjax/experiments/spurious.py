@@ -242,10 +242,11 @@ def model_metrics(logits_fn, bench, *, sigmas, key, chunk_size: int = 250) -> di
     """Background-reliance metrics of one classifier on the benchmark's test domains."""
     doms = bench.domains
     k = int(bench.dataset.info.num_classes)
+    predictors = sp.make_predictors(logits_fn)
     out: dict = {}
     correct = {}
     for name, d in doms.items():
-        pred = sp.predict(logits_fn, d["x"], chunk_size=chunk_size)
+        pred = sp.predict(logits_fn, d["x"], chunk_size=chunk_size, predictors=predictors)
         correct[name] = (pred == d["y"]).astype(np.float32)
         out[f"acc_{name}"] = float(correct[name].mean())
     out["bg_gap"] = sp.background_gap(out["acc_same"], out["acc_random"])
@@ -269,6 +270,7 @@ def model_metrics(logits_fn, bench, *, sigmas, key, chunk_size: int = 250) -> di
             jax.random.fold_in(key, i),
             sigma=sigma,
             chunk_size=chunk_size,
+            predictors=predictors,
         )
         out[f"noise_sigma_{sigma:g}"] = acc
         fg.append(acc["fg_noise"])
@@ -282,7 +284,10 @@ def model_metrics(logits_fn, bench, *, sigmas, key, chunk_size: int = 250) -> di
     same = doms["same"]
     bg_only = np.where(same["mask"][..., None], _background_fill(same), same["x"])
     out["bg_only_predicts_bg_class"] = float(
-        (sp.predict(logits_fn, bg_only, chunk_size=chunk_size) == same["bg"]).mean()
+        (
+            sp.predict(logits_fn, bg_only, chunk_size=chunk_size, predictors=predictors)
+            == same["bg"]
+        ).mean()
     )
     # Object alone on black: accuracy from the foreground only.
     alpha = np.max(np.where(same["mask"][..., None], same["x"], 0.0), axis=-1, keepdims=True)
@@ -290,7 +295,10 @@ def model_metrics(logits_fn, bench, *, sigmas, key, chunk_size: int = 250) -> di
         np.float32
     )
     out["fg_only_acc"] = float(
-        (sp.predict(logits_fn, fg_only, chunk_size=chunk_size) == same["y"]).mean()
+        (
+            sp.predict(logits_fn, fg_only, chunk_size=chunk_size, predictors=predictors)
+            == same["y"]
+        ).mean()
     )
     return out
 

@@ -107,16 +107,13 @@ def run(config, workdir: str) -> dict:
     )
     report: dict = {"params": {"dim": dim, "eta": eta, "p": p, "eps": eps}}
 
-    named = {
-        "averaging": (tradeoff.averaging_classifier(dim), tradeoff.averaging_accuracy),
-        "sign_x1": (tradeoff.robust_feature_classifier(dim), None),
-    }
     fixed = {}
-    for name, (w, _) in named.items():
-        wj = jnp.asarray(w)
+    for name in ("averaging", "sign_x1"):
         if name == "averaging":
+            wj = jnp.asarray(tradeoff.averaging_classifier(dim))
             cf = [tradeoff.averaging_accuracy(dim=dim, eta=eta, eps=e) for e in (0.0, eps)]
         else:
+            wj = jnp.asarray(tradeoff.robust_feature_classifier(dim))
             cf = [tradeoff.robust_feature_accuracy(p=p, eps=e) for e in (0.0, eps)]
         mc = [tradeoff.empirical_linear_accuracy(wj, 0.0, x, y, eps=e) for e in (0.0, eps)]
         fixed[name] = {
