@@ -336,6 +336,14 @@ def test_rfs_is_minus_one_for_background_and_plus_one_for_foreground(bar_domains
     assert fg["bg_noise"] == 1.0 and fg["fg_noise"] < 1.0
     assert bg["rfs"] == pytest.approx(-1.0)
     assert fg["rfs"] == pytest.approx(1.0)
+    # Region noise touches only its region and stays in the box.
+    noisy_bg = sp.region_noise(
+        jnp.asarray(same["x"]), jnp.asarray(same["mask"]), key, sigma=0.5, region="bg"
+    )
+    m = same["mask"]
+    np.testing.assert_array_equal(np.asarray(noisy_bg)[m], same["x"][m])
+    assert float(jnp.mean(jnp.abs(noisy_bg - same["x"])[~m])) > 0.1
+    assert float(noisy_bg.min()) >= 0.0 and float(noisy_bg.max()) <= 1.0
     assert float(sp.relative_foreground_sensitivity(0.8, 0.8)) == 0.0
     assert float(sp.relative_foreground_sensitivity(0.6, 0.9)) == pytest.approx(0.3 / (2 * 0.25))
 
