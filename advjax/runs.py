@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import jax
 import ml_collections
+import numpy as np
 
 from advjax import checkpoints, data, training
 from advjax.configlib import claim_workdir, load_config, validate
@@ -104,6 +105,8 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
     """
     from advjax import evaluation
 
+    if model.info.num_classes == 1:
+        return _evaluate_regression(config, model, dataset)
     section = evaluation.evaluate(
         config.eval,
         model.logits_fn,
@@ -116,6 +119,35 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
         path = os.path.join(workdir, "figures", "robust_accuracy_vs_eps.png")
         evaluation.plot_eps_curve(section, path)
         section["figures"] = [os.path.relpath(path, workdir)]
+    return section
+
+
+def _evaluate_regression(config, model: TrainedModel, dataset: data.Dataset) -> dict:
+    """Test MSE of a one-output model, clean and under each eval attack's norm and eps
+    (PGD on the squared error, `advjax.objectives.regression.squared_pgd`)."""
+    from advjax.objectives.regression import squared_pgd
+
+    n = config.eval.num_examples or dataset.num_test
+    x, y = dataset.test_x[:n], dataset.test_y[:n]
+
+    def predict(inp):
+        return model.logits_fn(inp)[:, 0]
+
+    section = {"num_examples": int(len(x)), "test_mse": float(np.mean((predict(x) - y) ** 2))}
+    for name in config.eval.attacks.keys():
+        a = config.eval.attacks[name]
+        x_adv = squared_pgd(
+            predict,
+            x,
+            y,
+            jax.random.fold_in(jax.random.key(config.seed), 11),
+            norm=a.norm,
+            eps=a.eps,
+            step_size=a.get("step_size") or 2.5 * a.eps / a.num_steps,
+            num_steps=a.num_steps,
+            bounds=tuple(dataset.info.bounds),
+        )
+        section[f"adversarial_mse_{name}"] = float(np.mean((predict(x_adv) - y) ** 2))
     return section
 
 

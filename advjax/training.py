@@ -320,7 +320,7 @@ def make_validator(s: Setup) -> Callable[[TrainedModel, jax.Array], dict]:
             return {"val_mse": jnp.sum((logits[:, 0] - y) ** 2)}
         out = {"val_accuracy": jnp.sum(jnp.argmax(logits, -1) == y)}
         if attack is not None:
-            x_adv = attack(logits_fn, x, y, key)
+            x_adv = attack(logits_fn, x, y, key, bounds=tuple(s.dataset.info.bounds))
             out["val_robust_accuracy"] = jnp.sum(jnp.argmax(logits_fn(x_adv), -1) == y)
         return out
 

@@ -71,7 +71,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             grad_clip_norm=0.0,  # 0 = off
             schedule="constant",  # constant | cosine | piecewise | cyclic
             warmup_steps=0,
-            boundaries=[0.5, 0.75],  # piecewise: fractions of training
+            boundaries=(0.5, 0.75),  # piecewise: fractions of training
             decay_factor=0.1,
             cycle_peak=0.4,  # cyclic: fraction of training at the peak
         )
@@ -93,7 +93,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval.attacks = ml_collections.ConfigDict(
         dict(pgd20=pgd_attack(eps=0.3, step_size=0.01, num_steps=20))
     )
-    c.eval.eps_grid = []
+    c.eval.eps_grid = ()  # a tuple, so --config.eval.eps_grid='(0.1, 0.2)' overrides it
     c.eval.sanity_checks = True
     c.eval.use_best = False  # evaluate the best (val) checkpoint instead of the last
 
