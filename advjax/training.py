@@ -141,7 +141,7 @@ def make_train_step(
             carry=aux.get("carry", state.carry),
         )
         metrics = {"loss": loss, **aux.get("metrics", {})}
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["param_grad_norm"] = optax.tree.norm(grads)
         return new_state, metrics
 
     def step(state: TrainState, batch: dict, key: jax.Array):
@@ -220,6 +220,12 @@ def setup(config, dataset: data.Dataset | None = None) -> Setup:
     extras = {}
     if objective.extra_train_arrays is not None:
         extras = {k: np.asarray(v) for k, v in objective.extra_train_arrays(dataset).items()}
+        if config.data.crop_padding or config.data.flip:
+            raise configlib.ConfigError(
+                f"config keys 'data.crop_padding'/'data.flip': objective "
+                f"{config.train.objective.name!r} trains on per-example arrays "
+                f"({', '.join(extras)}) that augmentation would misalign; turn augmentation off"
+            )
         for k, v in extras.items():
             if v.shape[0] != dataset.num_train:
                 raise ValueError(
