@@ -210,6 +210,17 @@ def test_results_do_not_depend_on_batch_composition(trained_cnn):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a)[perm], atol=1e-5)
 
 
+def test_unrolled_and_rolled_loops_agree(trained_cnn):
+    f, x, y = trained_cnn
+    x, y = x[:8], y[:8]
+    runs = [
+        jax.jit(lambda v, u=u: pgd(f, v, y, jax.random.key(3), eps=0.1, step_size=0.03,
+                                   num_steps=4, unroll=u))(x)
+        for u in (False, True)
+    ]  # fmt: skip
+    np.testing.assert_allclose(np.asarray(runs[0]), np.asarray(runs[1]), atol=1e-6)
+
+
 def test_jitted_attack_compiles_once():
     traces = []
     w = jax.random.normal(jax.random.key(1), (9, 4))

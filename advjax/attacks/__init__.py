@@ -27,7 +27,13 @@ __all__ = [
     "check_choice",
     "fold_in_each",
     "name_id",
+    "resolve_unroll",
 ]
+
+# Auto-unrolling (see `resolve_unroll`): loops of at most this many steps, on batches of
+# at least this many input elements (about 84 MNIST images), where run time dominates.
+MAX_AUTO_UNROLL_STEPS = 128
+MIN_AUTO_UNROLL_ELEMENTS = 2**16
 
 
 def example_keys(key: jax.Array, batch: int) -> jax.Array:
@@ -51,6 +57,19 @@ def example_keys(key: jax.Array, batch: int) -> jax.Array:
     if key.shape[0] != batch:
         raise ValueError(f"got {key.shape[0]} per-example keys for a batch of {batch}")
     return key
+
+
+def resolve_unroll(unroll: bool | None, num_steps: int, x: jax.Array) -> bool:
+    """Whether to unroll an attack's step loop.
+
+    XLA:CPU executes convolutions inside a while loop about twice slower than the same
+    program unrolled (jax-ml/jax#12868; measured in bench/attacks.py), while an unrolled
+    loop compiles longer. ``None`` unrolls when the run time is likely to dominate: at
+    most 128 steps on a batch of at least 2**16 input elements.
+    """
+    if unroll is None:
+        return num_steps <= MAX_AUTO_UNROLL_STEPS and x.size >= MIN_AUTO_UNROLL_ELEMENTS
+    return bool(unroll)
 
 
 def name_id(name: str) -> int:

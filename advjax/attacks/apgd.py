@@ -27,7 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import geometry, losses
-from advjax.attacks import check_choice, check_number, config_values, example_keys, fold_in_each
+from advjax.attacks import (
+    check_choice,
+    check_number,
+    config_values,
+    example_keys,
+    fold_in_each,
+    resolve_unroll,
+)
 from advjax.attacks.pgd import better
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -69,6 +76,7 @@ def _apgd_run(
     bounds: tuple[float, float],
     rho: float,
     momentum: float,
+    unroll: bool | None = None,
 ):
     """One APGD run; returns (x_adv, success, loss) per example."""
     batch = x.shape[0]
@@ -149,7 +157,7 @@ def _apgd_run(
             "found": found,
         }
 
-    s = jax.lax.fori_loop(0, num_steps, body, state)
+    s = jax.lax.fori_loop(0, num_steps, body, state, unroll=resolve_unroll(unroll, num_steps, x))
     x_out = _where(s["found"], s["x_adv"], s["x_max"])
     return x_out, s["found"], s["f_max"]
 

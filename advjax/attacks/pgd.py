@@ -18,7 +18,14 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry, losses
-from advjax.attacks import check_choice, check_number, config_values, example_keys, fold_in_each
+from advjax.attacks import (
+    check_choice,
+    check_number,
+    config_values,
+    example_keys,
+    fold_in_each,
+    resolve_unroll,
+)
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -78,6 +85,7 @@ def _pgd_run(
     l1_sparsity: float,
     keep_best: bool,
     need_final_score: bool,
+    unroll: bool,
 ):
     """One PGD run from one start per example; returns (delta, loss, success)."""
     if random_start:
@@ -127,7 +135,7 @@ def _pgd_run(
         jnp.full((batch,), -jnp.inf, x.dtype),
         jnp.zeros((batch,), bool),
     )
-    d, best_d, best_l, best_s = jax.lax.fori_loop(0, num_steps, body, init)
+    d, best_d, best_l, best_s = jax.lax.fori_loop(0, num_steps, body, init, unroll=unroll)
     if not (keep_best or need_final_score):
         return d, None, None
     lv, s = score(logits_fn(x + d))
@@ -158,6 +166,7 @@ def pgd(
     step_schedule: str = "constant",
     l1_sparsity: float = 0.95,
     keep_best: bool = True,
+    unroll: bool | None = None,
 ) -> jax.Array:
     """Projected gradient ascent on ``loss`` inside ``B_norm(x, eps) ∩ [lo, hi]``.
 
@@ -183,6 +192,9 @@ def pgd(
       l1_sparsity: fraction of coordinates an l_1 step leaves untouched.
       keep_best: return the worst-case iterate (success first, then loss) instead of
         the last one; costs one extra forward pass.
+      unroll: unroll the step loop; ``None`` decides by size (`resolve_unroll`):
+        XLA:CPU runs convolutions inside a while loop about twice slower
+        (jax-ml/jax#12868), an unrolled loop compiles longer.
 
     Returns:
       Adversarial inputs ``x_adv`` with the shape of ``x``.
@@ -222,6 +234,7 @@ def pgd(
         l1_sparsity=l1_sparsity,
         keep_best=keep_best,
         need_final_score=num_restarts > 1,
+        unroll=resolve_unroll(unroll, num_steps, x),
     )
     if num_restarts == 1:
         delta = run(keys)[0]
@@ -291,6 +304,7 @@ _PGD_DEFAULTS = {
     "step_schedule": "constant",
     "l1_sparsity": 0.95,
     "keep_best": True,
+    "unroll": None,
 }
 
 _FGSM_DEFAULTS = {
@@ -307,7 +321,7 @@ def _validate_common(v: dict[str, Any], *, attack: str) -> None:
     check_number(v["eps"], attack=attack, key="eps", minimum=0.0)
     if v["step_size"] is not None:
         check_number(v["step_size"], attack=attack, key="step_size", minimum=0.0, strict=True)
-    for flag in ("random_start", "targeted"):
+    for flag in [k for k in ("random_start", "targeted", "keep_best") if k in v]:
         if not isinstance(v[flag], bool):
             raise ValueError(
                 f"attack {attack!r}: config key {flag!r} must be a bool, got {v[flag]!r}"
@@ -332,7 +346,8 @@ def build_pgd(cfg) -> Callable[..., jax.Array]:
 
     Config keys: ``eps`` (required), ``norm``, ``step_size`` (default ``2.5 * eps /
     num_steps``, Madry et al.), ``num_steps``, ``loss``, ``random_start``,
-    ``num_restarts``, ``targeted``, ``step_schedule``, ``l1_sparsity``, ``keep_best``.
+    ``num_restarts``, ``targeted``, ``step_schedule``, ``l1_sparsity``, ``keep_best``,
+    ``unroll`` (see `pgd`).
 
     Returns:
       ``attack(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> x_adv``; an
@@ -344,6 +359,10 @@ def build_pgd(cfg) -> Callable[..., jax.Array]:
     check_number(v["num_restarts"], attack="pgd", key="num_restarts", minimum=1, integer=True)
     check_choice(v["step_schedule"], STEP_SCHEDULES, attack="pgd", key="step_schedule")
     check_number(v["l1_sparsity"], attack="pgd", key="l1_sparsity", minimum=0.0, maximum=1.0)
+    if v["unroll"] is not None and not isinstance(v["unroll"], bool):
+        raise ValueError(
+            f"attack 'pgd': config key 'unroll' must be a bool or None, got {v['unroll']!r}"
+        )
     step = v["step_size"] if v["step_size"] is not None else 2.5 * v["eps"] / v["num_steps"]
     eps_cfg = float(v["eps"])
 
@@ -365,6 +384,7 @@ def build_pgd(cfg) -> Callable[..., jax.Array]:
             step_schedule=v["step_schedule"],
             l1_sparsity=v["l1_sparsity"],
             keep_best=v["keep_best"],
+            unroll=v["unroll"],
         )
 
     attack.config = dict(v, name="pgd", step_size=step)
