@@ -12,8 +12,9 @@ set of test examples:
   threat model ``analysis.threat``), and the merging-adversary reading R_pair + N_pair on
   ``analysis.num_pairs`` between-class pairs (`pairwise_robust_decomposition`);
 * the input Fisher information: mean ||F(x)||_F, lambda_max(F(x)) and trace F(x);
-* I(Y; Z) between the label and a layer's representation on clean and on adversarial
-  inputs (InfoNCE with a small critic), and the plug-in I(Y; Y_hat).
+* I(Y; Z) between the label and a layer's representation on clean inputs, on the PGD
+  inputs (which depend on y) and on the label-free KL-maximising inputs (InfoNCE with a
+  small critic), and the plug-in I(Y; Y_hat) on clean and PGD inputs.
 
 The initial variables (epoch 0, shared by all regimes) are measured once. The values go
 to ``DIR/models/<regime>/metrics.jsonl``; ``run`` collects them into
@@ -55,6 +56,7 @@ CURVE_KEYS = (
     "fisher_trace",
     "mi_yz_clean",
     "mi_yz_adv",
+    "mi_yz_worst",
     "mi_y_yhat_clean",
     "mi_y_yhat_adv",
 )
@@ -181,7 +183,7 @@ class InformationProbe:
                 bounds=bounds,
                 chunk_size=chunk,
             )
-            return values | pairs
+            return values | pairs, out["x_worst"]
 
         @jax.jit
         def adversarial(variables, x, y, key):
@@ -249,7 +251,8 @@ class InformationProbe:
         fns = self._fns(module)
         k_dec, k_adv, k_mi = jax.random.split(self.key, 3)
         x, y = self.x, self.y
-        out = {k: float(v) for k, v in fns["decomposition"](variables, x, y, k_dec).items()}
+        scalars, x_worst = fns["decomposition"](variables, x, y, k_dec)
+        out = {k: float(v) for k, v in scalars.items()}
         x_adv = fns["adversarial"](variables, x, y, k_adv)
         clean_logits = fns["logits"](variables, x)
         adv_logits = fns["logits"](variables, x_adv)
@@ -269,6 +272,11 @@ class InformationProbe:
         )
         out["mi_yz_adv"] = self.mi_label_representation(
             self.representation(module, variables, x_adv), k_mi
+        )
+        # PGD on the cross-entropy uses y, so x_adv can carry label information by itself;
+        # the KL-maximising inputs of the decomposition are label-free.
+        out["mi_yz_worst"] = self.mi_label_representation(
+            self.representation(module, variables, x_worst), k_mi
         )
         return out
 
@@ -427,20 +435,24 @@ def draw_figures(curves: dict, workdir: str) -> list[str]:
                     logy=logy,
                 )
             )
-    # I(Y; Z) clean (solid) vs adversarial (dashed).
+    # I(Y; Z): clean (solid), CE-PGD inputs (dashed), KL-maximising inputs (dotted).
     fig, ax = plots.plt.subplots(figsize=(5.5, 3.8))
+    styles = (
+        ("mi_yz_clean", "o", "-", "clean"),
+        ("mi_yz_adv", "x", "--", "PGD"),
+        ("mi_yz_worst", "s", ":", "KL worst case"),
+    )
     for i, (name, c) in enumerate(curves.items()):
-        color = f"C{i}"
-        ax.plot(c["epoch"], c["mi_yz_clean"], marker="o", ms=3, color=color, label=f"{name} clean")
-        ax.plot(
-            c["epoch"],
-            c["mi_yz_adv"],
-            marker="x",
-            ms=3,
-            ls="--",
-            color=color,
-            label=f"{name} adversarial",
-        )
+        for key, marker, ls, label in styles:
+            ax.plot(
+                c["epoch"],
+                c[key],
+                marker=marker,
+                ms=3,
+                ls=ls,
+                color=f"C{i}",
+                label=f"{name} {label}",
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("I(Y; Z) lower bound (nats)")
     ax.legend(fontsize=7)
@@ -482,7 +494,8 @@ def curves_from_metrics(records: list[dict]) -> dict[str, list[float]]:
     rows = [r for r in records if PREFIX + "M" in r]
     out = {"epoch": [float(r["epoch"]) for r in rows], "step": [int(r["step"]) for r in rows]}
     for key in CURVE_KEYS:
-        out[key] = [float(r[PREFIX + key]) for r in rows]
+        # Runs recorded before a quantity existed leave it NaN rather than failing.
+        out[key] = [float(r.get(PREFIX + key, float("nan"))) for r in rows]
     return out
 
 
