@@ -15,9 +15,15 @@ Expected run time on a 2-core CPU: about 1-2 minutes per epoch, so 15-25 minutes
 the 10 epochs, plus a few minutes of evaluation on the first 1,000 test images.
 
 Arguments (comma-separated):
-  ``cpu``: the CPU recipe aimed at >= 98% clean / >= 88% robust (first 1,000 test
-    images): a wider small CNN (32/64 channels, fc 256), 12 epochs, eps ramped up over
-    the first 20% of training.
+  ``cpu``: a wider small CNN (32/64 channels, fc 256), 12 epochs, eps ramped up over the
+    first 20% of training. Measured here (seed 0, first 1,000 test images, best = last
+    checkpoint, no early stop): 99.2% clean; 87.2% under PGD-50 x 10 restarts; 83.1%
+    after APGD-CE, 81.3% after APGD-T and 79.5% after Square, i.e. 79.5% worst case,
+    short of the 88% target (a black-box attack finding more points to the gradient
+    masking FGSM training is prone to). Training took 32 minutes and the evaluation 53
+    minutes on the 2-core CPU shared with other jobs (about 8 and 15 minutes alone).
+    The multi-step recipes (configs/mnist_pgd.py, configs/mnist_trades.py on a GPU)
+    are the ones expected to pass 88% under the ensemble.
   ``smoke``: a run of seconds that exercises every stage.
 """
 

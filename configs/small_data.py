@@ -15,7 +15,12 @@ Arguments (comma-separated):
   (none): sizes 100 ... 60,000, eps_train 0 ... 2.5, 3 seeds, PGD-20 (a GPU job;
     about 10 hours on a 2-core CPU).
   ``cpu``: sizes {100, 500, 1000, 5000}, eps_train {0, 1, 2}, one seed, PGD-5 training,
-    10 epochs (at least 300 steps): about 15-25 minutes on a 2-core CPU.
+    10 epochs (at least 300 steps). Measured here (69 minutes on the 2-core CPU shared
+    with other jobs), standard test accuracy (10k images) for n = 100 / 500 / 1k / 5k:
+    eps 0: 78.7 / 88.1 / 90.5 / 94.8%; eps 1: 81.2 / 91.6 / 93.7 / 96.6%;
+    eps 2: 83.9 / 92.6 / 94.0 / 96.3%. Adversarial training helps standard accuracy at
+    every size of this range; the crossover below the standard model needs the larger
+    sizes of the full sweep.
   ``smoke``: two sizes, two eps, a few steps (seconds).
 """
 

@@ -14,7 +14,12 @@ of finished runs instead, e.g. one trained with configs/mnist_fgsm_rs.py (then u
 ``--config.analysis.norm=linf --config.analysis.eps=0.3 ...`` or keep the l_2 attack).
 
 Expected run time on a 2-core CPU: about 10-15 minutes (both trainings, 3 epochs each);
-the visuals themselves take seconds. Arguments: ``smoke`` (seconds).
+the visuals themselves take a minute or two. Arguments: ``smoke`` (seconds).
+
+Measured here on the small-data sweep's n = 1,000 models (standard vs l_2 eps_train 2,
+8 test images, eps 5): share of |gradient| on the digit 0.18 vs 0.47; gradient-image
+correlation 0.18 vs 0.59; targeted examples nearer the target-class mean than the
+source-class mean 49% vs 75%.
 """
 
 from __future__ import annotations
