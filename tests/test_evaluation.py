@@ -48,6 +48,7 @@ def _eval_config(**kw):
         "attacks": {"pgd": {"name": "pgd", "eps": 0.05, "step_size": 0.05, "num_steps": 3}},
         "eps_grid": [],
         "sanity_checks": False,
+        "sanity_square_queries": 30,
         "progress": False,
     }
     cfg.update(kw)
