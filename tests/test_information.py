@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from advjax.analysis import information as info
+from advjax.attacks.pgd import pgd
 from advjax.objectives import Forward
 from advjax.objectives.fisher import build_fisher_kl
 
@@ -315,20 +316,26 @@ def test_fisher_kl_objective_known_values():
     )
     assert float(loss0) == pytest.approx(ce, rel=1e-6)
     assert float(aux0["metrics"]["loss_fisher"]) == pytest.approx(0.0, abs=1e-7)
-    # eps > 0: loss = CE + beta * KL(p(x) || p(x_F)), with x_F the KL ascent of the analysis.
+    # eps > 0: loss = CE + beta * KL(p(x) || p(x_F)), x_F the KL-maximising PGD iterate.
     obj = build_fisher_kl(fisher_config(2.0, 0.2))
     (loss, aux), grads = jax.jit(
         jax.value_and_grad(lambda p: obj.loss_fn(p, forward, batch, key, None), has_aux=True)
     )(params)
-    x_f, kl = info.kl_worst_case(
+    x_f = pgd(
         lambda v: forward.eval(params, v),
         x,
+        y,
         key,
         norm="linf",
         eps=0.2,
         step_size=0.05,
         num_steps=5,
+        loss="kl",
+        random_start=True,
+        keep_best=True,
     )
+    kl = info.categorical_kl(forward.eval(params, x), forward.eval(params, x_f))
+    assert float(jnp.max(jnp.abs(x_f - x))) <= 0.2 + 1e-6
     assert float(aux["metrics"]["loss_fisher"]) == pytest.approx(float(jnp.mean(kl)), rel=1e-4)
     assert float(loss) == pytest.approx(ce + 2.0 * float(jnp.mean(kl)), rel=1e-4)
     # Gradients flow through both p(x) and p(x_F).

@@ -9,8 +9,9 @@ second order, x_F - x approximates the top eigenvector of the input Fisher infor
 F(x) scaled to the ball, and the penalty pushes the largest Fisher eigenvalues down.
 
 It is TRADES (Zhang et al. 2019) with a uniform start and the KL-maximising iterate kept
-(`advjax.analysis.information.kl_worst_case`) instead of TRADES's Gaussian start and last
-iterate.
+(`advjax.attacks.pgd.pgd` with ``loss='kl'``, ``keep_best=True``) instead of TRADES's
+Gaussian start and last iterate; `advjax.analysis.information.kl_worst_case` solves the
+same inner problem for the analysis.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from advjax import geometry
-from advjax.analysis.information import categorical_kl, kl_worst_case
+from advjax import geometry, losses
+from advjax.attacks.pgd import pgd
 from advjax.objectives import Objective
 
 _ALLOWED_KEYS = {"beta", "attack"}
@@ -44,9 +45,8 @@ def fisher_kl_loss(
     Returns:
       ``(loss, {"loss_natural", "loss_fisher"})``.
     """
-    log_p = jax.nn.log_softmax(logits_clean, axis=-1)
-    natural = -jnp.mean(jnp.take_along_axis(log_p, y[:, None], axis=-1))
-    fisher = jnp.mean(categorical_kl(logits_clean, logits_fisher))
+    natural = jnp.mean(losses.cross_entropy(logits_clean, y))
+    fisher = jnp.mean(losses.kl_divergence(logits_clean, logits_fisher))
     return natural + beta * fisher, {"loss_natural": natural, "loss_fisher": fisher}
 
 
@@ -90,10 +90,14 @@ def build_fisher_kl(objective_config) -> Objective:
     geometry.check_norm(norm, key="train.objective.attack.norm")
     eps, step_size = float(attack.eps), float(attack.step_size)
     num_steps = int(attack.num_steps)
-    for name, value in (("eps", eps), ("step_size", step_size), ("num_steps", num_steps)):
-        if value < 0:
+    for name, value, minimum in (
+        ("eps", eps, 0),
+        ("step_size", step_size, 0),
+        ("num_steps", num_steps, 1),
+    ):
+        if value < minimum:
             raise ValueError(
-                f"config key 'train.objective.attack.{name}': must be >= 0; got {value}"
+                f"config key 'train.objective.attack.{name}': must be >= {minimum}; got {value}"
             )
     config_bounds = attack.get("bounds", None)
 
@@ -105,14 +109,19 @@ def build_fisher_kl(objective_config) -> Objective:
         else:
             bounds = tuple(getattr(forward, "bounds", (0.0, 1.0)))
         eval_params = jax.lax.stop_gradient(params)
-        x_fisher, _ = kl_worst_case(
+        scale = batch.get("eps_scale", 1.0)
+        x_fisher = pgd(
             lambda inputs: forward.eval(eval_params, inputs),
             x,
+            y,
             key,
             norm=norm,
-            eps=eps * batch.get("eps_scale", 1.0),
-            step_size=step_size * batch.get("eps_scale", 1.0),
+            eps=eps * scale,
+            step_size=step_size * scale,
             num_steps=num_steps,
+            loss="kl",
+            random_start=True,
+            keep_best=True,
             bounds=bounds,
         )
         x_fisher = jax.lax.stop_gradient(x_fisher)
