@@ -554,6 +554,8 @@ def _sanity_checks(
             "robust accuracy of PGD-20 (margin loss) when every input in the box is reachable",
             "gradient masking (the attack cannot follow the gradient) or a broken attack",
         )
+    else:
+        checks["large_eps_accuracy"] = _check(None, None, None, "no white-box attack", "")
 
     # 7. Robust accuracy non-increasing in eps.
     sweep = report.get("eps_sweep")

@@ -186,7 +186,7 @@ def test_sanity_checks_flag_probabilities_and_masked_gradients():
     probs = lambda v: jax.nn.softmax(f(v))  # noqa: E731
     with pytest.warns(UserWarning, match="outputs_are_logits"):
         report = evaluate(
-            _eval_config(sanity_checks=True, sanity_num_examples=32), probs, x, y,
+            _eval_config(attacks={}, sanity_checks=True, sanity_num_examples=32), probs, x, y,
             key=jax.random.key(0),
         )  # fmt: skip
     assert report["sanity_checks"]["outputs_are_logits"]["passed"] is False
@@ -229,12 +229,11 @@ def test_sanity_checks_flag_a_model_in_train_mode():
     def eval_mode(v):
         return model.apply(variables, v, train=False)
 
+    cfg = _eval_config(attacks={}, sanity_checks=True, sanity_num_examples=16)
     with pytest.warns(UserWarning, match="wrong model mode"):
-        bad = evaluate(_eval_config(sanity_checks=True, sanity_num_examples=16), train_mode, x, y,
-                       key=jax.random.key(0))  # fmt: skip
+        bad = evaluate(cfg, train_mode, x, y, key=jax.random.key(0))
     assert bad["sanity_checks"]["batch_independent_predictions"]["passed"] is False
-    good = evaluate(_eval_config(sanity_checks=True, sanity_num_examples=16), eval_mode, x, y,
-                    key=jax.random.key(0))  # fmt: skip
+    good = evaluate(cfg, eval_mode, x, y, key=jax.random.key(0))
     assert good["sanity_checks"]["batch_independent_predictions"]["passed"] is True
 
 
