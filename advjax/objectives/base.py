@@ -16,7 +16,7 @@ from advjax import losses
 from advjax.objectives import Objective
 
 
-def _check_keys(cfg, allowed: set[str], *, objective: str) -> None:
+def check_keys(cfg, allowed: set[str], *, objective: str) -> None:
     unknown = set(cfg.keys()) - allowed - {"name"}
     if unknown:
         raise ValueError(
@@ -31,7 +31,7 @@ def classification_metrics(logits: jax.Array, y: jax.Array, prefix: str = "") ->
 
 def build_standard(cfg) -> Objective:
     """Empirical risk minimisation with cross-entropy on clean inputs."""
-    _check_keys(cfg, set(), objective="standard")
+    check_keys(cfg, set(), objective="standard")
 
     def loss_fn(params, forward, batch, key, carry):
         del key, carry
@@ -55,7 +55,7 @@ def build_pgd_at(cfg) -> Objective:
     """
     from advjax.registry import ATTACKS
 
-    _check_keys(cfg, {"attack", "clean_weight"}, objective="pgd_at")
+    check_keys(cfg, {"attack", "clean_weight"}, objective="pgd_at")
     if "attack" not in cfg:
         raise ValueError("config key 'train.objective.attack': pgd_at needs an attack config")
     clean_weight = float(cfg.get("clean_weight", 0.0))

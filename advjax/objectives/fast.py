@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from advjax import geometry, losses
 from advjax.objectives import Objective
-from advjax.objectives.base import _check_keys
+from advjax.objectives.base import check_keys
 from advjax.registry import one_of
 
 
@@ -159,7 +159,7 @@ def build_fgsm_rs(objective_config) -> Objective:
     Returns:
       The `Objective`.
     """
-    _check_keys(objective_config, {"eps", "step_size", "norm"}, objective="fgsm_rs")
+    check_keys(objective_config, {"eps", "step_size", "norm"}, objective="fgsm_rs")
     norm, eps = _threat_model(objective_config)
     step_size = _step_size(objective_config, 1.25 * eps)
 
@@ -202,7 +202,7 @@ def build_free_at(objective_config) -> Objective:
     Returns:
       The `Objective` (``replays=m``, ``uses_carry=True``).
     """
-    _check_keys(objective_config, {"eps", "step_size", "norm", "replays"}, objective="free_at")
+    check_keys(objective_config, {"eps", "step_size", "norm", "replays"}, objective="free_at")
     norm, eps = _threat_model(objective_config)
     step_size = _step_size(objective_config, eps)
     replays = int(objective_config.get("replays", 8))

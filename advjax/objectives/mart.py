@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from advjax import losses
 from advjax.objectives import Objective
-from advjax.objectives.base import _check_keys
+from advjax.objectives.base import check_keys
 from advjax.registry import ATTACKS
 
 
@@ -72,7 +72,7 @@ def build_mart(objective_config) -> Objective:
     Returns:
       The `Objective`.
     """
-    _check_keys(objective_config, {"beta", "attack"}, objective="mart")
+    check_keys(objective_config, {"beta", "attack"}, objective="mart")
     beta = float(objective_config.get("beta", 6.0))
     if beta < 0:
         raise ValueError(f"config key 'train.objective.beta': must be >= 0; got {beta}")

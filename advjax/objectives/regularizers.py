@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from advjax import losses
 from advjax.objectives import Objective
-from advjax.objectives.base import _check_keys
+from advjax.objectives.base import check_keys
 
 
 def _flat_sq_norm(g: jax.Array) -> jax.Array:
@@ -116,7 +116,7 @@ def build_input_gradient(objective_config) -> Objective:
     Returns:
       The `Objective`.
     """
-    _check_keys(objective_config, {"weight"}, objective="input_gradient")
+    check_keys(objective_config, {"weight"}, objective="input_gradient")
     weight = _positive(objective_config.get("weight", 1.0), key="train.objective.weight")
 
     def loss_fn(params, forward, batch, key, carry):
@@ -152,7 +152,7 @@ def build_jacobian(objective_config) -> Objective:
     Returns:
       The `Objective`.
     """
-    _check_keys(objective_config, {"weight", "num_projections"}, objective="jacobian")
+    check_keys(objective_config, {"weight", "num_projections"}, objective="jacobian")
     weight = _positive(objective_config.get("weight", 0.01), key="train.objective.weight")
     num_projections = int(objective_config.get("num_projections", 1))
     if num_projections < 1:

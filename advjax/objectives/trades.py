@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from advjax import geometry, losses
 from advjax.objectives import Objective
-from advjax.objectives.base import _check_keys
+from advjax.objectives.base import check_keys
 
 # Scale of the Gaussian start of the inner maximisation (Zhang et al.'s code): at
 # x' = x the KL term has zero gradient, so the ascent needs a nudge off the clean point.
@@ -98,7 +98,7 @@ def build_trades(objective_config) -> Objective:
     Returns:
       The `Objective`.
     """
-    _check_keys(objective_config, {"beta", "attack"}, objective="trades")
+    check_keys(objective_config, {"beta", "attack"}, objective="trades")
     beta = float(objective_config.get("beta", 6.0))
     if beta < 0:
         raise ValueError(f"config key 'train.objective.beta': must be >= 0; got {beta}")
