@@ -17,6 +17,10 @@ from typing import Any
 import ml_collections
 
 from advjax import registry
+from advjax.attacks import ATTACKS
+from advjax.data import DATA_SOURCES
+from advjax.experiments import ANALYSES
+from advjax.objectives import OBJECTIVES
 
 
 class ConfigError(ValueError):
@@ -60,7 +64,7 @@ def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
 
 def check_attack_config(attack, *, key: str) -> None:
     """Validates the fields every attack shares; attack builders check the rest."""
-    registry.ATTACKS.check(attack.name, key=f"{key}.name")
+    ATTACKS.check(attack.name, key=f"{key}.name")
     if "norm" in attack:
         _require(attack.norm in NORMS, f"{key}.norm", attack.norm, f"allowed: {list(NORMS)}")
     for field in ("num_steps", "num_restarts"):
@@ -80,14 +84,14 @@ def validate(config) -> None:
     from advjax.data import source_name
 
     try:
-        registry.DATA_SOURCES.check(source_name(config.data.name), key="data.name")
+        DATA_SOURCES.check(source_name(config.data.name), key="data.name")
     except registry.UnknownNameError as err:
         raise ConfigError(f"{err}; prefixed forms: tfds:<name>, idx:<folder>") from None
     from advjax import models
 
     try:
         models.check_model_config(config.model)
-        registry.OBJECTIVES.check(config.train.objective.name, key="train.objective.name")
+        OBJECTIVES.check(config.train.objective.name, key="train.objective.name")
     except (registry.UnknownNameError, ValueError) as err:
         raise ConfigError(str(err)) from None
     for key, value in _walk(config):
@@ -146,7 +150,7 @@ def validate(config) -> None:
     _require(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
     if config.get("analysis") and config.analysis.get("name"):
         try:
-            registry.ANALYSES.check(config.analysis.name, key="analysis.name")
+            ANALYSES.check(config.analysis.name, key="analysis.name")
         except registry.UnknownNameError as err:
             raise ConfigError(str(err)) from None
 

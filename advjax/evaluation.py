@@ -29,8 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from advjax import geometry, losses
-from advjax.attacks import name_id
-from advjax.registry import ATTACKS
+from advjax.attacks import ATTACKS, name_id
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 

@@ -1,8 +1,11 @@
-"""Name-to-implementation registries shared by configs and the launcher.
+"""The registry type: names in configs mapped to implementations, resolved lazily.
 
 Entries are ``"module:attribute"`` strings resolved on first use, so selecting a model
 or an analysis by name imports only what that choice needs, and an unknown name fails
-with the list of allowed names before any compute.
+with the list of allowed names before any compute. Each package owns its registry
+(`advjax.models.MODELS`, `advjax.data.DATA_SOURCES`, `advjax.attacks.ATTACKS`,
+`advjax.objectives.OBJECTIVES`, `advjax.experiments.ANALYSES`); this module, at the
+bottom of the import graph, knows none of their entries.
 """
 
 from __future__ import annotations
@@ -68,77 +71,3 @@ def one_of(value: Any, allowed: Iterable[Any], *, key: str) -> None:
     allowed = list(allowed)
     if value not in allowed:
         raise ValueError(f"config key '{key}': got {value!r}; allowed: {allowed}")
-
-
-MODELS = Registry(
-    "model",
-    {
-        "linear": "advjax.models.simple:Linear",
-        "mlp": "advjax.models.simple:MLP",
-        "madry_cnn": "advjax.models.cnn:MadryCNN",
-        "small_cnn": "advjax.models.cnn:SmallCNN",
-        "preact_resnet18": "advjax.models.resnet:PreActResNet18",
-        "wide_resnet": "advjax.models.resnet:WideResNet",
-    },
-)
-
-# Data sources: a builder(config.data) -> advjax.data.Dataset. Prefixed names
-# ("tfds:cifar10", "idx:/path") are routed by the prefix before the colon.
-DATA_SOURCES = Registry(
-    "dataset",
-    {
-        "mnist": "advjax.data.mnist:load_mnist",
-        "tfds": "advjax.data.tfds_source:load_tfds",
-        "idx": "advjax.data.idx:load_idx",
-        "synthetic": "advjax.data.synthetic:load_synthetic",
-        "tsipras_toy": "advjax.data.synthetic:load_tsipras_toy",
-        "spurious": "advjax.data.spurious:load_spurious",
-        "moayeri_regression": "advjax.data.synthetic:load_moayeri_regression",
-    },
-)
-
-# Training objectives: builder(objective_config) -> advjax.objectives.Objective.
-OBJECTIVES = Registry(
-    "objective",
-    {
-        "standard": "advjax.objectives.base:build_standard",
-        "pgd_at": "advjax.objectives.base:build_pgd_at",
-        "trades": "advjax.objectives.trades:build_trades",
-        "mart": "advjax.objectives.mart:build_mart",
-        "fgsm_rs": "advjax.objectives.fast:build_fgsm_rs",
-        "free_at": "advjax.objectives.fast:build_free_at",
-        "input_gradient": "advjax.objectives.regularizers:build_input_gradient",
-        "jacobian": "advjax.objectives.regularizers:build_jacobian",
-        "fisher_kl": "advjax.objectives.fisher:build_fisher_kl",
-        "interpretation": "advjax.objectives.interpretation:build_interpretation",
-        "squared_at": "advjax.objectives.regression:build_squared_at",
-    },
-)
-
-# Attacks: builder(attack_config) -> attack(logits_fn, x, y, key) -> x_adv.
-ATTACKS = Registry(
-    "attack",
-    {
-        "fgsm": "advjax.attacks.pgd:build_fgsm",
-        "pgd": "advjax.attacks.pgd:build_pgd",
-        "apgd_ce": "advjax.attacks.apgd:build_apgd_ce",
-        "apgd_dlr": "advjax.attacks.apgd:build_apgd_dlr",
-        "apgd_t": "advjax.attacks.apgd:build_apgd_t",
-        "square": "advjax.attacks.square:build_square",
-        "ensemble": "advjax.attacks.ensemble:build_ensemble",
-    },
-)
-
-# Analyses for `--mode analyze`: run(config, workdir) -> report dict.
-ANALYSES = Registry(
-    "analysis",
-    {
-        "tradeoff_toy": "advjax.experiments.tradeoff_toy:run",
-        "tradeoff_visuals": "advjax.experiments.tradeoff_visuals:run",
-        "small_data": "advjax.experiments.small_data:run",
-        "interactions": "advjax.experiments.interactions:run",
-        "information": "advjax.experiments.information:run",
-        "interpretability": "advjax.experiments.interpretability:run",
-        "spurious": "advjax.experiments.spurious:run",
-    },
-)

@@ -306,7 +306,7 @@ def validation_split(s: Setup) -> tuple[np.ndarray, np.ndarray, str]:
 
 def make_validator(s: Setup) -> Callable[[TrainedModel, jax.Array], dict]:
     """Clean and (cheap) robust accuracy on the validation split, jitted per batch."""
-    from advjax.registry import ATTACKS
+    from advjax.attacks import ATTACKS
 
     x_val, y_val, source = validation_split(s)
     val_attack = s.config.train.val_attack

@@ -23,7 +23,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from advjax import checkpoints, configlib, data, registry, runs, training  # noqa: E402
-from advjax.experiments import AnalysisError  # noqa: E402
+from advjax.experiments import ANALYSES, AnalysisError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -60,10 +60,10 @@ def run(config, workdir: str, mode: str) -> dict:
         if not config.analysis.name:
             raise configlib.ConfigError(
                 "config key 'analysis.name' is empty; --mode analyze needs one of "
-                f"{registry.ANALYSES.names()}"
+                f"{ANALYSES.names()}"
             )
         os.makedirs(workdir, exist_ok=True)
-        report = registry.ANALYSES.get(config.analysis.name, key="analysis.name")(config, workdir)
+        report = ANALYSES.get(config.analysis.name, key="analysis.name")(config, workdir)
     return report
 
 

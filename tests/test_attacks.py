@@ -11,12 +11,11 @@ import optax
 import pytest
 
 from advjax import geometry, losses
-from advjax.attacks import fold_in_each
+from advjax.attacks import ATTACKS, fold_in_each
 from advjax.attacks.apgd import apgd, apgd_targeted, checkpoints
 from advjax.attacks.pgd import fgsm, pgd
 from advjax.attacks.square import p_schedule, square
 from advjax.attacks.wrappers import bpda, eot
-from advjax.registry import ATTACKS
 
 UNBOUNDED = (-np.inf, np.inf)
 

@@ -11,9 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from advjax.attacks import name_id
+from advjax.attacks import ATTACKS, name_id
 from advjax.evaluation import evaluate, plot_eps_curve
-from advjax.registry import ATTACKS
 
 SHAPE = (4, 4, 1)
 D = 16

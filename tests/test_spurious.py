@@ -396,8 +396,7 @@ def test_benchmark_composition_masks_and_correlation(bar_domains):
 
 
 def test_load_spurious_relabels_classes_and_builds_domains():
-    from advjax.data import Dataset, DatasetInfo
-    from advjax.registry import DATA_SOURCES
+    from advjax.data import DATA_SOURCES, Dataset, DatasetInfo
 
     rng = np.random.default_rng(0)
 

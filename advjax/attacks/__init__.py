@@ -2,7 +2,7 @@
 
 Every attack is a pure, jittable function ``attack(logits_fn, x, y, key, **hparams)
 -> x_adv`` of a batch. Registry builders (``build_<name>(attack_config)``, listed in
-`advjax.registry.ATTACKS`) validate a config and close over its hyperparameters,
+`ATTACKS`) validate a config and close over its hyperparameters,
 returning ``attack(logits_fn, x, y, key, *, bounds=(0, 1), eps=None)``; ``eps`` lets an
 eps sweep ``vmap`` over the radius of an already-configured attack.
 
@@ -20,6 +20,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from advjax.registry import Registry
 
 __all__ = [
     "example_keys",
@@ -154,3 +156,18 @@ def check_choice(value: Any, allowed: tuple[Any, ...], *, attack: str, key: str)
         raise ValueError(
             f"attack {attack!r}: config key {key!r} got {value!r}; allowed: {list(allowed)}"
         )
+
+
+# Attacks: builder(attack_config) -> attack(logits_fn, x, y, key) -> x_adv.
+ATTACKS = Registry(
+    "attack",
+    {
+        "fgsm": "advjax.attacks.pgd:build_fgsm",
+        "pgd": "advjax.attacks.pgd:build_pgd",
+        "apgd_ce": "advjax.attacks.apgd:build_apgd_ce",
+        "apgd_dlr": "advjax.attacks.apgd:build_apgd_dlr",
+        "apgd_t": "advjax.attacks.apgd:build_apgd_t",
+        "square": "advjax.attacks.square:build_square",
+        "ensemble": "advjax.attacks.ensemble:build_ensemble",
+    },
+)

@@ -1,7 +1,7 @@
 """Datasets as in-memory arrays: offline MNIST, IDX folders, TFDS, synthetic sources.
 
 ``load_dataset(config.data)`` routes ``data.name`` to a source registered in
-`advjax.registry.DATA_SOURCES`; names with a colon ("tfds:cifar10", "idx:/folder")
+`DATA_SOURCES`; names with a colon ("tfds:cifar10", "idx:/folder")
 are routed by their prefix.
 """
 
@@ -16,6 +16,7 @@ from advjax.data.core import (
     finalize,
     steps_per_epoch,
 )
+from advjax.registry import Registry
 
 __all__ = [
     "Dataset",
@@ -37,7 +38,21 @@ def source_name(name: str) -> str:
 
 def load_dataset(data_config) -> Dataset:
     """Loads the dataset that ``data_config.name`` selects (see module docstring)."""
-    from advjax.registry import DATA_SOURCES
-
     loader = DATA_SOURCES.get(source_name(data_config.name), key="data.name")
     return loader(data_config)
+
+
+# Data sources: a builder(config.data) -> advjax.data.Dataset. Prefixed names
+# ("tfds:cifar10", "idx:/path") are routed by the prefix before the colon.
+DATA_SOURCES = Registry(
+    "dataset",
+    {
+        "mnist": "advjax.data.mnist:load_mnist",
+        "tfds": "advjax.data.tfds_source:load_tfds",
+        "idx": "advjax.data.idx:load_idx",
+        "synthetic": "advjax.data.synthetic:load_synthetic",
+        "tsipras_toy": "advjax.data.synthetic:load_tsipras_toy",
+        "spurious": "advjax.data.spurious:load_spurious",
+        "moayeri_regression": "advjax.data.synthetic:load_moayeri_regression",
+    },
+)

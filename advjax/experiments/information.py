@@ -39,6 +39,7 @@ import numpy as np
 from advjax import data, models, plots, registry
 from advjax.analysis import information as info
 from advjax.analysis import mutual_information as mi
+from advjax.attacks import ATTACKS
 
 ADVERSARIAL = ("pgd_at", "trades", "fisher_kl", "mart", "fgsm_rs", "free_at")
 CURVE_KEYS = (
@@ -77,7 +78,9 @@ def validate_analysis(a: ml_collections.ConfigDict) -> None:
     """Checks ``config.analysis`` before any compute."""
     _check(len(a.regimes) >= 1, "regimes", list(a.regimes.keys()), "need at least one regime")
     for name in a.regimes.keys():
-        registry.OBJECTIVES.check(a.regimes[name].name, key=f"analysis.regimes.{name}.name")
+        from advjax.objectives import OBJECTIVES
+
+        OBJECTIVES.check(a.regimes[name].name, key=f"analysis.regimes.{name}.name")
     for key in (
         "num_examples",
         "fisher_examples",
@@ -149,7 +152,7 @@ class InformationProbe:
         a, bounds = self.a, self.bounds
         chunk = int(a.chunk_size)
         attack_cfg = ml_collections.ConfigDict(dict(a.attack.to_dict(), name="pgd", loss="ce"))
-        attack = registry.ATTACKS.get("pgd")(attack_cfg)
+        attack = ATTACKS.get("pgd")(attack_cfg)
         threat = a.threat
 
         def logits_with(variables):

@@ -191,7 +191,7 @@ def _ensemble_eval_config(config) -> ml_collections.ConfigDict | None:
     a = config.analysis
     if not a.get("ensemble") or not len(a.ensemble.keys()):
         return None
-    from advjax.registry import ATTACKS
+    from advjax.attacks import ATTACKS
 
     try:
         for acfg in a.ensemble.values():

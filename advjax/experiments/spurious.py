@@ -314,7 +314,7 @@ def _background_fill(domain: dict) -> np.ndarray:
 def _robust_accuracy(
     model, bench, attack_cfg, *, key, num_examples: int, batch: int = 250
 ) -> float:
-    from advjax.registry import ATTACKS
+    from advjax.attacks import ATTACKS
 
     attack = ATTACKS.get("pgd")(ml_collections.ConfigDict(attack_cfg))
     d = bench.domains["same"]

@@ -1,4 +1,4 @@
-"""Flax models selected by ``config.model.name`` through `advjax.registry.MODELS`.
+"""Flax models selected by ``config.model.name`` through `MODELS`.
 
 Every module is called as ``module.apply(variables, x, train=...)`` on a batch of
 inputs shaped like ``DatasetInfo.input_shape`` and returns logits [B, num_classes].
@@ -11,7 +11,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from advjax.registry import MODELS
+from advjax.registry import Registry
 
 
 def model_kwargs(model_config) -> dict:
@@ -50,3 +50,16 @@ def init_variables(module, info, key: jax.Array) -> dict:
 
 def count_params(params) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+MODELS = Registry(
+    "model",
+    {
+        "linear": "advjax.models.simple:Linear",
+        "mlp": "advjax.models.simple:MLP",
+        "madry_cnn": "advjax.models.cnn:MadryCNN",
+        "small_cnn": "advjax.models.cnn:SmallCNN",
+        "preact_resnet18": "advjax.models.resnet:PreActResNet18",
+        "wide_resnet": "advjax.models.resnet:WideResNet",
+    },
+)

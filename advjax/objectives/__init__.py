@@ -14,7 +14,7 @@ An objective is a `loss_fn(params, forward, batch, key, carry) -> (loss, aux)`:
   ``carry``: a persistent perturbation shaped like ``batch["x"]`` (Free AT).
 
 Builders ``build_<name>(objective_config) -> Objective`` are registered by name in
-`advjax.registry.OBJECTIVES` and selected by ``config.train.objective.name``.
+`OBJECTIVES` and selected by ``config.train.objective.name``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+
+from advjax.registry import Registry
 
 
 class Forward(NamedTuple):
@@ -58,7 +60,24 @@ class Objective:
 
 def build_objective(objective_config) -> Objective:
     """Builds the objective named by ``objective_config.name``."""
-    from advjax.registry import OBJECTIVES
-
     builder = OBJECTIVES.get(objective_config.name, key="train.objective.name")
     return builder(objective_config)
+
+
+# Training objectives: builder(objective_config) -> advjax.objectives.Objective.
+OBJECTIVES = Registry(
+    "objective",
+    {
+        "standard": "advjax.objectives.base:build_standard",
+        "pgd_at": "advjax.objectives.base:build_pgd_at",
+        "trades": "advjax.objectives.trades:build_trades",
+        "mart": "advjax.objectives.mart:build_mart",
+        "fgsm_rs": "advjax.objectives.fast:build_fgsm_rs",
+        "free_at": "advjax.objectives.fast:build_free_at",
+        "input_gradient": "advjax.objectives.regularizers:build_input_gradient",
+        "jacobian": "advjax.objectives.regularizers:build_jacobian",
+        "fisher_kl": "advjax.objectives.fisher:build_fisher_kl",
+        "interpretation": "advjax.objectives.interpretation:build_interpretation",
+        "squared_at": "advjax.objectives.regression:build_squared_at",
+    },
+)

@@ -3,7 +3,7 @@
 Both are `advjax.objectives.Objective` builders: ``build_standard`` minimises the
 cross-entropy on clean inputs; ``build_pgd_at`` solves the saddle-point problem of
 Madry et al. 2018, Eq. 2.1, ``min_theta E[max_{delta in S} L(theta, x + delta, y)]``,
-approximating the inner maximum with any attack of `advjax.registry.ATTACKS` run on
+approximating the inner maximum with any attack of `advjax.ATTACKS` run on
 the eval-mode model (so BatchNorm statistics never see the attack's iterates).
 """
 
@@ -49,11 +49,11 @@ def build_pgd_at(cfg) -> Objective:
     """PGD adversarial training (Madry et al. 2018, Eq. 2.1).
 
     Config keys:
-      attack: an attack config (`advjax.registry.ATTACKS`), e.g. PGD-40 l_inf eps 0.3.
+      attack: an attack config (`advjax.ATTACKS`), e.g. PGD-40 l_inf eps 0.3.
       clean_weight: weight of the clean loss, ``(1 - w) * L(x_adv) + w * L(x)``
         (0 = pure adversarial training, as in Madry et al.; 0.5 = Goodfellow et al.).
     """
-    from advjax.registry import ATTACKS
+    from advjax.attacks import ATTACKS
 
     check_keys(cfg, {"attack", "clean_weight"}, objective="pgd_at")
     if "attack" not in cfg:

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from advjax import losses
+from advjax.attacks import ATTACKS
 from advjax.objectives import Objective
 from advjax.objectives.base import check_keys
-from advjax.registry import ATTACKS
 
 
 def log_one_minus_prob(logits: jax.Array, k: jax.Array) -> jax.Array:
