@@ -61,5 +61,8 @@ MODELS = Registry(
         "small_cnn": "advjax.models.cnn:SmallCNN",
         "preact_resnet18": "advjax.models.resnet:PreActResNet18",
         "wide_resnet": "advjax.models.resnet:WideResNet",
+        "dm_wide_resnet": "advjax.models.robustbench:DMWideResNet",
+        "rb_preact_resnet": "advjax.models.robustbench:PreActResNet",
+        "resnet50": "advjax.models.resnet50:ResNet50",
     },
 )
