@@ -28,11 +28,14 @@ import numpy as np
 
 from advjax import geometry, losses
 from advjax.attacks import (
+    WHITE_BOX,
+    Attack,
     check_choice,
     check_number,
     config_values,
     example_keys,
     fold_in_each,
+    freeze,
     resolve_unroll,
 )
 from advjax.attacks.pgd import better
@@ -345,47 +348,65 @@ def _validate(v: dict, attack: str) -> None:
     check_choice(v["loss"], APGD_LOSSES, attack=attack, key="loss")
 
 
-def _build_untargeted(cfg, *, attack: str, loss: str):
+def run_apgd(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> jax.Array:
+    """`Attack.run` of 'apgd_ce' and 'apgd_dlr'."""
+    return apgd(
+        logits_fn,
+        x,
+        y,
+        key,
+        norm=hp["norm"],
+        eps=hp["eps"] if eps is None else eps,
+        num_steps=hp["num_steps"],
+        loss=hp["loss"],
+        num_restarts=hp["num_restarts"],
+        bounds=bounds,
+        rho=hp["rho"],
+        momentum=hp["momentum"],
+    )
+
+
+def run_apgd_t(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> jax.Array:
+    """`Attack.run` of 'apgd_t'."""
+    return apgd_targeted(
+        logits_fn,
+        x,
+        y,
+        key,
+        norm=hp["norm"],
+        eps=hp["eps"] if eps is None else eps,
+        num_steps=hp["num_steps"],
+        num_targets=hp["num_targets"],
+        loss=hp["loss"],
+        num_restarts=hp["num_restarts"],
+        bounds=bounds,
+        rho=hp["rho"],
+        momentum=hp["momentum"],
+    )
+
+
+def _build_untargeted(cfg, *, attack: str, loss: str) -> Attack:
     v = config_values(
         cfg, attack=attack, defaults=dict(_APGD_DEFAULTS, loss=loss), required=("eps",)
     )
     _validate(v, attack)
-    eps_cfg = float(v["eps"])
-
-    def run(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None):
-        return apgd(
-            logits_fn,
-            x,
-            y,
-            key,
-            norm=v["norm"],
-            eps=eps_cfg if eps is None else eps,
-            num_steps=v["num_steps"],
-            loss=v["loss"],
-            num_restarts=v["num_restarts"],
-            bounds=bounds,
-            rho=v["rho"],
-            momentum=v["momentum"],
-        )
-
-    run.config = dict(v, name=attack)
-    run.budget = {"num_steps": v["num_steps"], "num_restarts": v["num_restarts"]}
-    run.white_box = True
-    return run
+    v["eps"] = float(v["eps"])
+    budget = {"num_steps": v["num_steps"], "num_restarts": v["num_restarts"]}
+    return Attack(attack, run_apgd, freeze(v), WHITE_BOX, freeze(budget))
 
 
-def build_apgd_ce(cfg):
+def build_apgd_ce(cfg) -> Attack:
     """Registry builder for 'apgd_ce'. Keys: eps, norm, num_steps, num_restarts, rho,
     momentum, loss (default 'ce')."""
     return _build_untargeted(cfg, attack="apgd_ce", loss="ce")
 
 
-def build_apgd_dlr(cfg):
+def build_apgd_dlr(cfg) -> Attack:
     """Registry builder for 'apgd_dlr' (APGD on the DLR loss)."""
     return _build_untargeted(cfg, attack="apgd_dlr", loss="dlr")
 
 
-def build_apgd_t(cfg):
+def build_apgd_t(cfg) -> Attack:
     """Registry builder for 'apgd_t'. Keys as APGD plus num_targets (default 9), loss
     (default 'dlr', the targeted DLR)."""
     v = config_values(
@@ -396,30 +417,10 @@ def build_apgd_t(cfg):
     )
     _validate(v, "apgd_t")
     check_number(v["num_targets"], attack="apgd_t", key="num_targets", minimum=1, integer=True)
-    eps_cfg = float(v["eps"])
-
-    def run(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None):
-        return apgd_targeted(
-            logits_fn,
-            x,
-            y,
-            key,
-            norm=v["norm"],
-            eps=eps_cfg if eps is None else eps,
-            num_steps=v["num_steps"],
-            num_targets=v["num_targets"],
-            loss=v["loss"],
-            num_restarts=v["num_restarts"],
-            bounds=bounds,
-            rho=v["rho"],
-            momentum=v["momentum"],
-        )
-
-    run.config = dict(v, name="apgd_t")
-    run.budget = {
+    v["eps"] = float(v["eps"])
+    budget = {
         "num_steps": v["num_steps"],
         "num_restarts": v["num_restarts"],
         "num_targets": v["num_targets"],
     }
-    run.white_box = True
-    return run
+    return Attack("apgd_t", run_apgd_t, freeze(v), WHITE_BOX, freeze(budget))

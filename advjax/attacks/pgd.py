@@ -19,133 +19,23 @@ import jax.numpy as jnp
 
 from advjax import geometry, losses
 from advjax.attacks import (
+    WHITE_BOX,
+    Attack,
     check_choice,
     check_number,
     config_values,
-    example_keys,
-    fold_in_each,
-    resolve_unroll,
+    eps_scaled,
+    freeze,
 )
+from advjax.attacks import ascent as ascent_core
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
-STEP_SCHEDULES = ("constant", "cosine", "linear")
 PGD_TARGETED_LOSSES = ("ce", "margin")
-
-
-def _broadcast(value: Any, batch: int, dtype) -> jax.Array:
-    return jnp.broadcast_to(jnp.asarray(value, dtype), (batch,))
-
-
-def _expand(v: jax.Array, like: jax.Array) -> jax.Array:
-    return v.reshape((like.shape[0],) + (1,) * (like.ndim - 1))
-
-
-def _schedule(step: jax.Array, num_steps: int, schedule: str) -> jax.Array:
-    if schedule == "constant" or num_steps <= 1:
-        return jnp.ones((), jnp.float32)
-    frac = step.astype(jnp.float32) / num_steps
-    if schedule == "cosine":
-        return 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-    return 1.0 - frac
-
-
-def is_success(logits: jax.Array, y: jax.Array, *, targeted: bool) -> jax.Array:
-    """Per-example attack success: misclassified (untargeted) or predicted target."""
-    pred = jnp.argmax(logits, axis=1)
-    return pred == y if targeted else pred != y
-
-
-def better(
-    loss_new: jax.Array, succ_new: jax.Array, loss_old: jax.Array, succ_old: jax.Array
-) -> jax.Array:
-    """Whether a candidate is a worse case for the model than the incumbent.
-
-    Success first (a misclassified point beats any other), then the higher loss.
-    """
-    return (succ_new & ~succ_old) | ((succ_new == succ_old) & (loss_new > loss_old))
-
-
-def _pgd_run(
-    logits_fn: LogitsFn,
-    x: jax.Array,
-    y: jax.Array,
-    keys: jax.Array,
-    eps: jax.Array,
-    step_size: jax.Array,
-    clean_logits: jax.Array | None,
-    *,
-    norm: str,
-    num_steps: int,
-    loss: str,
-    random_start: bool,
-    targeted: bool,
-    bounds: tuple[float, float],
-    step_schedule: str,
-    l1_sparsity: float,
-    keep_best: bool,
-    need_final_score: bool,
-    unroll: bool,
-):
-    """One PGD run from one start per example; returns (delta, loss, success)."""
-    if random_start:
-        delta = jax.vmap(
-            lambda k, xi, ei: geometry.random_init(k, xi[None], norm=norm, eps=ei, bounds=bounds)[0]
-        )(keys, x, eps)
-    else:
-        delta = jnp.zeros_like(x)
-
-    def score(logits):
-        target = y if targeted else None
-        lv = losses.attack_loss(loss, logits, y, target=target, clean_logits=clean_logits)
-        if loss == "kl":
-            succ = jnp.zeros(lv.shape, bool)
-        else:
-            succ = is_success(logits, y, targeted=targeted)
-        return lv, succ
-
-    def objective(d):
-        logits = logits_fn(x + d)
-        lv, succ = score(logits)
-        return jnp.sum(lv), (lv, succ)
-
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
-    batch = x.shape[0]
-
-    def body(i, carry):
-        d, best_d, best_l, best_s = carry
-        (_, (lv, s)), g = grad_fn(d)
-        if keep_best:
-            upd = better(lv, s, best_l, best_s)
-            best_d = jnp.where(_expand(upd, d), d, best_d)
-            best_l = jnp.where(upd, lv, best_l)
-            best_s = jnp.where(upd, s, best_s)
-        alpha = step_size * _schedule(i, num_steps, step_schedule)
-        direction = geometry.ascent_direction(
-            g, norm=norm, l1_sparsity=l1_sparsity, x_adv=x + d, bounds=bounds
-        )
-        d = geometry.project(
-            d + _expand(alpha, d) * direction, x, norm=norm, eps=eps, bounds=bounds
-        )
-        return d, best_d, best_l, best_s
-
-    init = (
-        delta,
-        delta,
-        jnp.full((batch,), -jnp.inf, x.dtype),
-        jnp.zeros((batch,), bool),
-    )
-    d, best_d, best_l, best_s = jax.lax.fori_loop(0, num_steps, body, init, unroll=unroll)
-    if not (keep_best or need_final_score):
-        return d, None, None
-    lv, s = score(logits_fn(x + d))
-    if not keep_best:
-        return d, lv, s
-    upd = better(lv, s, best_l, best_s)
-    best_d = jnp.where(_expand(upd, d), d, best_d)
-    best_l = jnp.where(upd, lv, best_l)
-    best_s = jnp.where(upd, s, best_s)
-    return best_d, best_l, best_s
+# Kept for callers of the earlier module layout.
+STEP_SCHEDULES = ascent_core.STEP_SCHEDULES
+is_success = ascent_core.is_success
+better = ascent_core.better
 
 
 def pgd(
@@ -199,53 +89,33 @@ def pgd(
       Adversarial inputs ``x_adv`` with the shape of ``x``.
     """
     geometry.check_norm(norm)
-    check_choice(step_schedule, STEP_SCHEDULES, attack="pgd", key="step_schedule")
     losses.check_loss(loss, targeted=targeted)
     if targeted and loss not in PGD_TARGETED_LOSSES:
         raise ValueError(
             f"attack 'pgd': config key 'loss' got {loss!r} for a targeted attack; "
             f"allowed: {list(PGD_TARGETED_LOSSES)}"
         )
-    if num_restarts < 1 or num_steps < 0:
-        raise ValueError(
-            f"need num_restarts >= 1 and num_steps >= 0, got {num_restarts}, {num_steps}"
-        )
-    batch = x.shape[0]
-    keys = example_keys(key, batch)
-    eps = _broadcast(eps, batch, x.dtype)
-    step_size = _broadcast(step_size, batch, x.dtype)
-    clean_logits = jax.lax.stop_gradient(logits_fn(x)) if loss == "kl" else None
-    run = lambda k: _pgd_run(  # noqa: E731
+    result = ascent_core.ascent(
         logits_fn,
         x,
         y,
-        k,
-        eps,
-        step_size,
-        clean_logits,
+        key,
         norm=norm,
+        eps=eps,
+        step_size=step_size,
         num_steps=num_steps,
         loss=loss,
-        random_start=random_start,
         targeted=targeted,
+        start="uniform" if random_start else "none",
+        keep="best" if keep_best else "last",
+        num_restarts=num_restarts,
         bounds=bounds,
         step_schedule=step_schedule,
         l1_sparsity=l1_sparsity,
-        keep_best=keep_best,
-        need_final_score=num_restarts > 1,
-        unroll=resolve_unroll(unroll, num_steps, x),
+        unroll=unroll,
     )
-    if num_restarts == 1:
-        delta = run(keys)[0]
-    else:
-        restart_keys = jax.vmap(lambda r: fold_in_each(keys, r))(jnp.arange(num_restarts))
-        deltas, ls, ss = jax.vmap(run)(restart_keys)
-        any_succ = jnp.any(ss, axis=0)
-        rank = jnp.where(any_succ[None], jnp.where(ss, ls, -jnp.inf), ls)
-        best = jnp.argmax(rank, axis=0)
-        delta = jnp.take_along_axis(deltas, _expand(best, x)[None], axis=0)[0]
     lo, hi = bounds
-    return jnp.clip(x + delta, lo, hi)
+    return jnp.clip(x + result.delta, lo, hi)
 
 
 def fgsm(
@@ -298,6 +168,8 @@ _PGD_DEFAULTS = {
     "num_steps": 10,
     "loss": "ce",
     "random_start": True,
+    "start": None,
+    "start_scale": 0.001,
     "num_restarts": 1,
     "targeted": False,
     "step_schedule": "constant",
@@ -311,6 +183,7 @@ _FGSM_DEFAULTS = {
     "step_size": None,
     "loss": "ce",
     "random_start": False,
+    "start": None,
     "targeted": False,
 }
 
@@ -325,32 +198,52 @@ def _validate_common(v: dict[str, Any], *, attack: str) -> None:
             raise ValueError(
                 f"attack {attack!r}: config key {flag!r} must be a bool, got {v[flag]!r}"
             )
-    allowed = losses.TARGETED_LOSSES if v["targeted"] else losses.UNTARGETED_LOSSES
-    if v["targeted"]:
-        allowed = PGD_TARGETED_LOSSES
+    allowed = PGD_TARGETED_LOSSES if v["targeted"] else losses.UNTARGETED_LOSSES
     check_choice(v["loss"], allowed, attack=attack, key="loss")
+    # 'start' names the core's start; 'random_start' is the classic flag for uniform/none.
+    if v["start"] is None:
+        v["start"] = "uniform" if v["random_start"] else "none"
+    check_choice(v["start"], ascent_core.STARTS, attack=attack, key="start")
+    v["random_start"] = v["start"] != "none"
 
 
-def _eps_scaled(step: float, eps_cfg: float, eps: jax.Array | None):
-    """Step length for an eps override: keeps ``step / eps`` as configured."""
-    if eps is None:
-        return step
-    if eps_cfg <= 0:
-        return jnp.asarray(eps) * 0.0 + step
-    return jnp.asarray(eps) * (step / eps_cfg)
+def run_pgd(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> jax.Array:
+    """`Attack.run` of 'pgd' and 'fgsm': the ascent core with the attack's hyperparameters."""
+    result = ascent_core.ascent(
+        logits_fn,
+        x,
+        y,
+        key,
+        norm=hp["norm"],
+        eps=hp["eps"] if eps is None else eps,
+        step_size=eps_scaled(hp["step_size"], hp["eps"], eps),
+        num_steps=hp["num_steps"],
+        loss=hp["loss"],
+        targeted=hp["targeted"],
+        start=hp["start"],
+        start_scale=hp.get("start_scale", 0.001),
+        keep="best" if hp["keep_best"] else "last",
+        num_restarts=hp["num_restarts"],
+        bounds=bounds,
+        step_schedule=hp["step_schedule"],
+        l1_sparsity=hp["l1_sparsity"],
+        unroll=hp["unroll"],
+    )
+    lo, hi = bounds
+    return jnp.clip(x + result.delta, lo, hi)
 
 
-def build_pgd(cfg) -> Callable[..., jax.Array]:
+def build_pgd(cfg) -> Attack:
     """Registry builder for 'pgd'.
 
     Config keys: ``eps`` (required), ``norm``, ``step_size`` (default ``2.5 * eps /
-    num_steps``, Madry et al.), ``num_steps``, ``loss``, ``random_start``,
-    ``num_restarts``, ``targeted``, ``step_schedule``, ``l1_sparsity``, ``keep_best``,
-    ``unroll`` (see `pgd`).
+    num_steps``, `advjax.attacks.ascent.default_step_size`), ``num_steps``, ``loss``,
+    ``random_start`` or ``start`` ('none', 'uniform', 'gaussian', 'clean_first'),
+    ``start_scale``, ``num_restarts``, ``targeted``, ``step_schedule``,
+    ``l1_sparsity``, ``keep_best`` (False keeps the last iterate), ``unroll``.
 
     Returns:
-      ``attack(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> x_adv``; an
-      ``eps`` override rescales the step length proportionally.
+      The `Attack`; an ``eps`` override rescales the step length proportionally.
     """
     v = config_values(cfg, attack="pgd", defaults=_PGD_DEFAULTS, required=("eps",))
     _validate_common(v, attack="pgd")
@@ -358,67 +251,32 @@ def build_pgd(cfg) -> Callable[..., jax.Array]:
     check_number(v["num_restarts"], attack="pgd", key="num_restarts", minimum=1, integer=True)
     check_choice(v["step_schedule"], STEP_SCHEDULES, attack="pgd", key="step_schedule")
     check_number(v["l1_sparsity"], attack="pgd", key="l1_sparsity", minimum=0.0, maximum=1.0)
+    check_number(v["start_scale"], attack="pgd", key="start_scale", minimum=0.0)
     if v["unroll"] is not None and not isinstance(v["unroll"], bool):
         raise ValueError(
             f"attack 'pgd': config key 'unroll' must be a bool or None, got {v['unroll']!r}"
         )
-    step = v["step_size"] if v["step_size"] is not None else 2.5 * v["eps"] / v["num_steps"]
-    eps_cfg = float(v["eps"])
-
-    def attack(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None):
-        return pgd(
-            logits_fn,
-            x,
-            y,
-            key,
-            norm=v["norm"],
-            eps=eps_cfg if eps is None else eps,
-            step_size=_eps_scaled(step, eps_cfg, eps),
-            num_steps=v["num_steps"],
-            loss=v["loss"],
-            random_start=v["random_start"],
-            num_restarts=v["num_restarts"],
-            targeted=v["targeted"],
-            bounds=bounds,
-            step_schedule=v["step_schedule"],
-            l1_sparsity=v["l1_sparsity"],
-            keep_best=v["keep_best"],
-            unroll=v["unroll"],
-        )
-
-    attack.config = dict(v, name="pgd", step_size=step)
-    attack.budget = {"num_steps": v["num_steps"], "num_restarts": v["num_restarts"]}
-    attack.white_box = True
-    return attack
+    if v["step_size"] is None:
+        v["step_size"] = ascent_core.default_step_size(v["eps"], v["num_steps"])
+    v["eps"] = float(v["eps"])
+    budget = {"num_steps": v["num_steps"], "num_restarts": v["num_restarts"]}
+    return Attack("pgd", run_pgd, freeze(v), WHITE_BOX, freeze(budget))
 
 
-def build_fgsm(cfg) -> Callable[..., jax.Array]:
+def build_fgsm(cfg) -> Attack:
     """Registry builder for 'fgsm' (FGM for l_2/l_1; FGSM-RS with ``random_start``).
 
-    Config keys: ``eps`` (required), ``norm``, ``step_size`` (default ``eps``),
-    ``loss``, ``random_start``, ``targeted``.
+    One steepest-ascent step of length ``step_size`` (default ``eps``); returns the
+    stepped point, as the classic method does. Config keys: ``eps`` (required),
+    ``norm``, ``step_size``, ``loss``, ``random_start`` or ``start``, ``targeted``.
     """
     v = config_values(cfg, attack="fgsm", defaults=_FGSM_DEFAULTS, required=("eps",))
     _validate_common(v, attack="fgsm")
-    step = v["step_size"] if v["step_size"] is not None else v["eps"]
-    eps_cfg = float(v["eps"])
-
-    def attack(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None):
-        return fgsm(
-            logits_fn,
-            x,
-            y,
-            key,
-            norm=v["norm"],
-            eps=eps_cfg if eps is None else eps,
-            step_size=_eps_scaled(step, eps_cfg, eps),
-            loss=v["loss"],
-            random_start=v["random_start"],
-            targeted=v["targeted"],
-            bounds=bounds,
-        )
-
-    attack.config = dict(v, name="fgsm", step_size=step)
-    attack.budget = {"num_steps": 1, "num_restarts": 1}
-    attack.white_box = True
-    return attack
+    if v["step_size"] is None:
+        v["step_size"] = v["eps"]
+    v["eps"] = float(v["eps"])
+    v.update(num_steps=1, num_restarts=1, keep_best=False, step_schedule="constant")
+    v.update(l1_sparsity=0.95, unroll=None)
+    return Attack(
+        "fgsm", run_pgd, freeze(v), WHITE_BOX, freeze({"num_steps": 1, "num_restarts": 1})
+    )

@@ -25,7 +25,15 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry, losses
-from advjax.attacks import check_choice, check_number, config_values, example_keys
+from advjax.attacks import (
+    BLACK_BOX,
+    Attack,
+    check_choice,
+    check_number,
+    config_values,
+    example_keys,
+    freeze,
+)
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -207,32 +215,29 @@ def square(
 _SQUARE_DEFAULTS = {"norm": "linf", "num_queries": 5000, "p_init": 0.8}
 
 
-def build_square(cfg):
-    """Registry builder for 'square'. Keys: eps (required), norm, num_queries, p_init.
+def run_square(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> jax.Array:
+    """`Attack.run` of 'square'."""
+    return square(
+        logits_fn,
+        x,
+        y,
+        key,
+        norm=hp["norm"],
+        eps=hp["eps"] if eps is None else eps,
+        num_queries=hp["num_queries"],
+        p_init=hp["p_init"],
+        bounds=bounds,
+    )
 
-    Returns ``attack(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None)``.
-    """
+
+def build_square(cfg) -> Attack:
+    """Registry builder for 'square'. Keys: eps (required), norm, num_queries, p_init."""
     v = config_values(cfg, attack="square", defaults=_SQUARE_DEFAULTS, required=("eps",))
     check_choice(v["norm"], SQUARE_NORMS, attack="square", key="norm")
     check_number(v["eps"], attack="square", key="eps", minimum=0.0)
     check_number(v["num_queries"], attack="square", key="num_queries", minimum=1, integer=True)
     check_number(v["p_init"], attack="square", key="p_init", minimum=0.0, strict=True, maximum=1.0)
-    eps_cfg = float(v["eps"])
-
-    def attack(logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None):
-        return square(
-            logits_fn,
-            x,
-            y,
-            key,
-            norm=v["norm"],
-            eps=eps_cfg if eps is None else eps,
-            num_queries=v["num_queries"],
-            p_init=v["p_init"],
-            bounds=bounds,
-        )
-
-    attack.config = dict(v, name="square")
-    attack.budget = {"num_queries": v["num_queries"]}
-    attack.white_box = False
-    return attack
+    v["eps"] = float(v["eps"])
+    return Attack(
+        "square", run_square, freeze(v), BLACK_BOX, freeze({"num_queries": v["num_queries"]})
+    )

@@ -1,17 +1,111 @@
-"""Flax models selected by ``config.model.name`` through `MODELS`.
+"""Flax models selected by ``config.model.name`` through `MODELS`, and models as data.
 
 Every module is called as ``module.apply(variables, x, train=...)`` on a batch of
 inputs shaped like ``DatasetInfo.input_shape`` and returns logits [B, num_classes].
+
+Attacks, evaluation, objectives and analyses receive a model as a `Model`: a static,
+hashable eval-mode apply function plus a variables pytree. ``jax.jit`` then caches by
+architecture (two models of one architecture share every compiled attack), and a stack
+of models (variables with a leading model axis) can be vmapped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from advjax.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalApply:
+    """``(variables, x) -> logits`` of a flax module in evaluation mode.
+
+    Hashable and equal for equal modules (flax modules compare by their fields), so it
+    can be the static part of a `Model`: BatchNorm statistics are read, never updated.
+    """
+
+    module: Any
+
+    def __call__(self, variables: Any, x: jax.Array) -> jax.Array:
+        return self.module.apply(variables, x, train=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionApply:
+    """``(variables, x) -> fn(x)``: a plain logits function as a `Model`'s apply.
+
+    Hashes by the function's identity, so jit caches per function object.
+    """
+
+    fn: Callable[[jax.Array], jax.Array]
+
+    def __call__(self, variables: Any, x: jax.Array, *key: jax.Array) -> jax.Array:
+        del variables
+        return self.fn(x, *key)
+
+
+@flax.struct.dataclass
+class Model:
+    """A model as data: a static apply function and a variables pytree.
+
+    ``apply`` must be hashable and compare equal across models of one architecture
+    (`EvalApply`, a module-level function); ``variables`` are the leaves that jit traces.
+    A randomised model (``takes_key``) is called as ``apply(variables, x, key)``; every
+    evaluation call then draws a fresh key and reports the model as randomised.
+    """
+
+    apply: Callable[..., jax.Array] = flax.struct.field(pytree_node=False)
+    variables: Any = None
+    takes_key: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        if self.takes_key:
+            if key is None:
+                raise ValueError("this model is randomised: call it with a PRNG key")
+            return self.apply(self.variables, x, key)
+        return self.apply(self.variables, x)
+
+    def bind(self, key: jax.Array | None) -> Callable[[jax.Array], jax.Array]:
+        """``x -> logits``; a randomised model uses the draw of ``key`` at every call."""
+        if self.takes_key:
+            return lambda x: self.apply(self.variables, x, key)
+        return lambda x: self.apply(self.variables, x)
+
+
+def as_model(model: Any, *, takes_key: bool = False) -> Model:
+    """A `Model` from a `Model` or a plain ``x -> logits`` (``(x, key)`` if takes_key)."""
+    if isinstance(model, Model):
+        return model
+    if callable(model):
+        return Model(FunctionApply(model), (), takes_key)
+    raise TypeError(f"expected an advjax.models.Model or a logits function, got {type(model)}")
+
+
+def eval_model(module: Any, variables: Any) -> Model:
+    """The eval-mode `Model` of a flax ``module`` with ``variables``."""
+    return Model(EvalApply(module), variables)
+
+
+def stack_models(models: list[Model]) -> Model:
+    """One `Model` whose variables carry a leading model axis (same architecture)."""
+    if not models:
+        raise ValueError("stack_models: no models")
+    applies = {m.apply for m in models}
+    if len(applies) != 1:
+        raise ValueError("stack_models: the models do not share one architecture (apply)")
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[m.variables for m in models])
+    return Model(models[0].apply, stacked, models[0].takes_key)
+
+
+def unstack(model: Model, index: int) -> Model:
+    """Model ``index`` of a stack made by `stack_models`."""
+    return Model(model.apply, jax.tree.map(lambda v: v[index], model.variables), model.takes_key)
 
 
 def model_kwargs(model_config) -> dict:
