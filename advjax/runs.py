@@ -17,13 +17,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from advjax import checkpoints, data, training
+from advjax import checkpoints, configlib, data, training
 from advjax.configlib import claim_workdir, load_config, validate
 from advjax.training import TrainedModel
 
 __all__ = [
     "TrainedModel",
     "evaluate_model",
+    "evaluate_run",
     "load_config",
     "load_trained",
     "read_metrics",
@@ -54,8 +55,13 @@ def read_report(workdir: str) -> dict | None:
     path = os.path.join(workdir, "report.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:
+        raise configlib.ConfigError(
+            f"{path} is empty or damaged; move it away and rerun (the run itself is intact)"
+        ) from None
 
 
 def load_trained(workdir: str, *, best: bool = False) -> TrainedModel:
@@ -64,16 +70,20 @@ def load_trained(workdir: str, *, best: bool = False) -> TrainedModel:
     Raises:
       CheckpointError: no checkpoint, or one that does not fit the run's config.
     """
-    config_path = os.path.join(workdir, "config.json")
+    stored = configlib.read_run_config(workdir)
     info_path = os.path.join(workdir, "dataset_info.json")
-    if not (os.path.exists(config_path) and os.path.exists(info_path)):
+    if stored is None or not os.path.exists(info_path):
         raise checkpoints.CheckpointError(
             f"{workdir} is not an advjax run folder (no config.json / dataset_info.json)"
         )
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    with open(info_path) as f:
-        raw = json.load(f)
+    config = ml_collections.ConfigDict(stored)
+    try:
+        with open(info_path) as f:
+            raw = json.load(f)
+    except ValueError:
+        raise configlib.ConfigError(
+            f"{info_path} is empty or damaged; rerun --mode train in this workdir to rewrite it"
+        ) from None
     info = data.DatasetInfo(
         name=raw["name"],
         input_shape=tuple(raw["input_shape"]),
@@ -120,6 +130,19 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
         evaluation.plot_eps_curve(section, path)
         section["figures"] = [os.path.relpath(path, workdir)]
     return section
+
+
+def evaluate_run(config, workdir: str) -> dict:
+    """``--mode eval``: evaluates the run's last (or best) checkpoint with ``config.eval``
+    and writes the ``eval`` section of ``report.json``, naming the step it evaluated."""
+    model = load_trained(workdir, best=config.eval.use_best)
+    dataset = data.load_dataset(config.data)
+    report = read_report(workdir) or {}
+    report["eval"] = evaluate_model(config, model, dataset, workdir)
+    report["eval"]["evaluated_step"] = model.step
+    print(f"{workdir}: evaluated the checkpoint of step {model.step}.")
+    write_json(os.path.join(workdir, "report.json"), report)
+    return report
 
 
 def _evaluate_regression(config, model: TrainedModel, dataset: data.Dataset) -> dict:

@@ -13,7 +13,7 @@ import ml_collections  # noqa: F401 - configs use base.ml_collections
 def pgd_attack(
     *,
     norm: str = "linf",
-    eps: float,
+    eps,
     step_size: float,
     num_steps: int,
     random_start: bool = True,
@@ -38,6 +38,9 @@ def pgd_attack(
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # One eps per threat model, shared by reference (`eps_ref`) by the training,
+    # validation and evaluation attacks: --config.eps.linf=0.2 changes all three.
+    c.eps = ml_collections.ConfigDict(dict(linf=0.3))
 
     c.data = ml_collections.ConfigDict(
         dict(
@@ -81,17 +84,24 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.log_every_steps = 50
     c.train.eval_every_steps = 0  # 0 = once per epoch
     c.train.val_examples = 1000  # examples of the validation split used in periodic evaluation
-    c.train.val_attack = pgd_attack(eps=0.3, step_size=0.1, num_steps=5)
+    c.train.val_attack = pgd_attack(eps=eps_ref(c), step_size=0.1, num_steps=5)
     # > 0: stop when the validation score (robust accuracy if an attack is set) falls this
     # far below its best, once any eps ramp is over (catastrophic overfitting, Wong et al.).
     c.train.early_stop_drop = 0.0
-    c.train.progress = True
+    c.train.progress = True  # progress bars (also off with ADVJAX_PROGRESS=0 or no terminal)
+    # Stop a diverging run before it is saved: a loss above loss_factor x its running
+    # median over `window` steps, or a parameter norm above param_norm_factor x its
+    # initial value (0 = off).
+    c.train.divergence = ml_collections.ConfigDict(
+        dict(loss_factor=1e3, param_norm_factor=1e3, window=100)
+    )
+    c.train.tensorboard = False  # also write TensorBoard event files next to metrics.jsonl
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 500
     c.eval.num_examples = 0  # 0 = the whole test set
     c.eval.attacks = ml_collections.ConfigDict(
-        dict(pgd20=pgd_attack(eps=0.3, step_size=0.01, num_steps=20))
+        dict(pgd20=pgd_attack(eps=eps_ref(c), step_size=0.01, num_steps=20))
     )
     c.eval.eps_grid = ()  # a tuple, so --config.eval.eps_grid='(0.1, 0.2)' overrides it
     c.eval.sanity_checks = True
@@ -100,6 +110,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3))
     c.analysis = ml_collections.ConfigDict(dict(name=""))
     return c
+
+
+def eps_ref(c: ml_collections.ConfigDict, norm: str = "linf"):
+    """The shared eps of threat model ``norm`` (``c.eps.<norm>``), as a FieldReference."""
+    return c.eps.get_ref(norm)
 
 
 def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -27,7 +27,10 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
 
-def cifar10_eval_attacks(eps: float):
+ARGS = ("smoke", "cpu")
+
+
+def cifar10_eval_attacks(eps):
     """PGD-50 x 10 restarts (Wong et al.) and the AutoAttack-style ensemble."""
     return base.ml_collections.ConfigDict(
         dict(
@@ -39,7 +42,8 @@ def cifar10_eval_attacks(eps: float):
 
 def get_config(arg: str | None = None):
     c = base.get_base_config()
-    eps = 8 / 255
+    c.eps.linf = 8 / 255
+    eps = base.eps_ref(c)
     c.data.name = "tfds:cifar10"
     c.data.crop_padding = 4
     c.data.flip = True

@@ -24,10 +24,13 @@ from configs import base
 from configs.cifar10_fgsm_rs import cifar10_eval_attacks
 from configs.mnist_fgsm_rs import shrink_ensemble
 
+ARGS = ("smoke", "cpu")
+
 
 def get_config(arg: str | None = None):
     c = base.get_base_config()
-    eps = 8 / 255
+    c.eps.linf = 8 / 255
+    eps = base.eps_ref(c)
     c.data.name = "tfds:cifar10"
     c.data.crop_padding = 4
     c.data.flip = True
@@ -55,7 +58,9 @@ def get_config(arg: str | None = None):
     if "cpu" in args:
         c.model.depth = 10
         c.model.width = 1
-        c.train.objective.attack = base.pgd_attack(eps=eps, step_size=2.5 * eps / 5, num_steps=5)
+        c.train.objective.attack = base.pgd_attack(
+            eps=eps, step_size=2.5 * c.eps.linf / 5, num_steps=5
+        )
         c.data.num_train = 5000
         c.train.num_steps = 0
         c.train.num_epochs = 5.0

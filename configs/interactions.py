@@ -24,6 +24,8 @@ import ml_collections
 
 from configs import base
 
+ARGS = ("smoke", "fast")
+
 
 def get_config(arg: str | None = None):
     c = base.get_base_config()

@@ -43,6 +43,9 @@ def paper_attacks(num_steps: int = 40) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(attacks)
 
 
+ARGS = ("smoke", "permuted")
+
+
 def get_config(arg: str | None = None):
     args = set((arg or "").split(","))
     c = base.get_base_config()
@@ -56,7 +59,10 @@ def get_config(arg: str | None = None):
     c.train.log_every_steps = 25
     c.train.eval_every_steps = 50
     c.train.val_examples = 200
-    c.train.val_attack = base.pgd_attack(norm="l2", eps=1.5, step_size=0.75, num_steps=5)
+    c.eps.l2 = 1.5  # the l_2 threat model of the teacher, validation and the ensemble
+    c.train.val_attack = base.pgd_attack(
+        norm="l2", eps=base.eps_ref(c, "l2"), step_size=0.75, num_steps=5
+    )
     c.checkpoint.every_steps = 1_000
     c.eval.batch_size = 500
     c.eval.num_examples = 500
@@ -82,7 +88,9 @@ def get_config(arg: str | None = None):
         pgd_at_l2=dict(
             name="pgd_at",
             # The paper's teacher uses PGD-40; 7 steps of 2.5 eps / 7 on a CPU.
-            attack=base.pgd_attack(norm="l2", eps=1.5, step_size=0.55, num_steps=7),
+            attack=base.pgd_attack(
+                norm="l2", eps=base.eps_ref(c, "l2"), step_size=0.55, num_steps=7
+            ),
         ),
         input_gradient=dict(name="input_gradient", weight=1.0),
         jacobian=dict(name="jacobian", weight=0.05, num_projections=1),
@@ -109,7 +117,7 @@ def get_config(arg: str | None = None):
                 ensemble_l2_1p5=dict(
                     name="ensemble",
                     norm="l2",
-                    eps=1.5,
+                    eps=base.eps_ref(c, "l2"),
                     attacks=["apgd_ce", "apgd_t", "square"],
                     num_steps=50,
                     num_targets=3,

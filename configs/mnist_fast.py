@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from configs import base
 
+ARGS = ("smoke",)
+
 
 def get_config(arg: str | None = None):
     c = base.get_base_config()
@@ -24,7 +26,7 @@ def get_config(arg: str | None = None):
     c.train.objective = base.ml_collections.ConfigDict(
         dict(
             name="pgd_at",
-            attack=base.pgd_attack(eps=0.3, step_size=0.1, num_steps=3),
+            attack=base.pgd_attack(eps=base.eps_ref(c), step_size=0.1, num_steps=3),
             clean_weight=0.0,
         )
     )
@@ -36,7 +38,7 @@ def get_config(arg: str | None = None):
     c.train.optimizer.schedule = "cyclic"
     c.train.optimizer.cycle_peak = 0.4
     c.train.val_examples = 1000
-    c.train.val_attack = base.pgd_attack(eps=0.3, step_size=0.05, num_steps=10)
+    c.train.val_attack = base.pgd_attack(eps=base.eps_ref(c), step_size=0.05, num_steps=10)
     c.train.early_stop_drop = 0.2
     c.train.log_every_steps = 100
     c.checkpoint.every_steps = 500
@@ -44,12 +46,12 @@ def get_config(arg: str | None = None):
     # (2.5 eps / steps); robust accuracy in report.json is the per-example worst case.
     c.eval.attacks = base.ml_collections.ConfigDict(
         dict(
-            pgd20=base.pgd_attack(eps=0.3, step_size=0.01, num_steps=20),
-            pgd20_large_step=base.pgd_attack(eps=0.3, step_size=0.0375, num_steps=20),
+            pgd20=base.pgd_attack(eps=base.eps_ref(c), step_size=0.01, num_steps=20),
+            pgd20_large_step=base.pgd_attack(eps=base.eps_ref(c), step_size=0.0375, num_steps=20),
         )
     )
     c.eval.use_best = True
-    if arg and "smoke" in arg.split(","):
+    if "smoke" in (arg or "").split(","):
         base.shrink_for_smoke(c)
         c.data.num_val = 100
     return c

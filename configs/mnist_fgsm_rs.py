@@ -31,8 +31,10 @@ from __future__ import annotations
 
 from configs import base
 
+ARGS = ("smoke", "cpu")
 
-def eval_attacks(eps: float):
+
+def eval_attacks(eps):
     """Wong et al.'s PGD-50 x 10 restarts and the attack library's AutoAttack-style
     ensemble (APGD-CE, APGD-T, Square); the report's robust accuracy is the
     per-example worst case over both."""
@@ -53,10 +55,10 @@ def shrink_ensemble(ensemble) -> None:
 
 def get_config(arg: str | None = None):
     c = base.get_base_config()
-    eps = 0.3
+    eps = base.eps_ref(c)
     c.model = base.ml_collections.ConfigDict(dict(name="small_cnn", channels=(16, 32), hidden=100))
     c.train.objective = base.ml_collections.ConfigDict(
-        dict(name="fgsm_rs", eps=eps, step_size=1.25 * eps, norm="linf")
+        dict(name="fgsm_rs", eps=eps, step_size=1.25 * c.eps.linf, norm="linf")
     )
     c.train.batch_size = 100
     c.train.num_epochs = 10.0

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from configs import base
 
+ARGS = ("smoke", "cpu")
+
 
 def get_config(arg: str | None = None):
     c = base.get_base_config()
     c.model.name = "madry_cnn"
     c.train.objective = base.ml_collections.ConfigDict(
-        dict(name="pgd_at", attack=base.pgd_attack(eps=0.3, step_size=0.01, num_steps=40))
+        dict(
+            name="pgd_at", attack=base.pgd_attack(eps=base.eps_ref(c), step_size=0.01, num_steps=40)
+        )
     )
     c.train.batch_size = 50
     c.train.num_steps = 100_000
@@ -29,8 +33,10 @@ def get_config(arg: str | None = None):
     c.checkpoint.every_steps = 2_000
     c.eval.attacks = base.ml_collections.ConfigDict(
         dict(
-            pgd20=base.pgd_attack(eps=0.3, step_size=0.01, num_steps=20),
-            pgd100_r10=base.pgd_attack(eps=0.3, step_size=0.01, num_steps=100, num_restarts=10),
+            pgd20=base.pgd_attack(eps=base.eps_ref(c), step_size=0.01, num_steps=20),
+            pgd100_r10=base.pgd_attack(
+                eps=base.eps_ref(c), step_size=0.01, num_steps=100, num_restarts=10
+            ),
         )
     )
     args = set((arg or "").split(","))
@@ -40,7 +46,9 @@ def get_config(arg: str | None = None):
         c.train.num_epochs = 3.0
         c.train.batch_size = 100
         c.train.optimizer.learning_rate = 1e-3
-        c.train.objective.attack = base.pgd_attack(eps=0.3, step_size=0.05, num_steps=10)
+        c.train.objective.attack = base.pgd_attack(
+            eps=base.eps_ref(c), step_size=0.05, num_steps=10
+        )
         # From scratch at eps 0.3 the small CNN stays at chance; ramping eps avoids that.
         c.train.eps_ramp_fraction = 0.3
         c.train.eval_every_steps = 0

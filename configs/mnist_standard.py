@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from configs import base
 
+ARGS = ("smoke", "madry")
+
 
 def get_config(arg: str | None = None):
     c = base.get_base_config()

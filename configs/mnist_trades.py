@@ -25,10 +25,12 @@ from __future__ import annotations
 from configs import base
 from configs.mnist_fgsm_rs import eval_attacks, shrink_ensemble
 
+ARGS = ("smoke", "cpu")
+
 
 def get_config(arg: str | None = None):
     c = base.get_base_config()
-    eps = 0.3
+    eps = base.eps_ref(c)
     c.model = base.ml_collections.ConfigDict(dict(name="madry_cnn"))
     c.train.objective = base.ml_collections.ConfigDict(
         dict(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from configs import base
 
+ARGS = ("smoke", "linf", "l2", "l1")
+
 
 def get_config(arg: str | None = None):
     args = set((arg or "").split(","))

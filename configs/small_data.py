@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from configs import base
 
+ARGS = ("smoke", "cpu")
+
 
 def get_config(arg: str | None = None):
     args = set((arg or "").split(","))

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from configs import base
 
+ARGS = ("smoke", "fashion", "texture")
+
 
 def get_config(arg: str | None = None):
     args = set((arg or "").split(","))
@@ -45,6 +47,7 @@ def get_config(arg: str | None = None):
         )
     )
     c.model = base.ml_collections.ConfigDict(dict(name="small_cnn"))
+    c.eps.linf = 0.1
     c.train.batch_size = 128
     c.train.num_epochs = 3.0
     c.train.optimizer.name = "adam"
@@ -55,7 +58,7 @@ def get_config(arg: str | None = None):
     c.train.log_every_steps = 50
     c.checkpoint.every_steps = 200
     c.eval.attacks = base.ml_collections.ConfigDict(
-        dict(pgd10=base.pgd_attack(norm="linf", eps=0.1, step_size=0.025, num_steps=10))
+        dict(pgd10=base.pgd_attack(norm="linf", eps=base.eps_ref(c), step_size=0.025, num_steps=10))
     )
     c.eval.num_examples = 500
     c.analysis = base.ml_collections.ConfigDict(

@@ -21,29 +21,36 @@ import math
 
 from configs import base
 
+ARGS = ("smoke",)
+
 
 def get_config(arg: str | None = None):
     args = set((arg or "").split(","))
     dim = 50 if "smoke" in args else 1000
     eps = 2.0 * 3.0 / math.sqrt(dim)
     c = base.get_base_config()
+    c.eps.linf = eps
     c.data.update(
         dict(name="tsipras_toy", dim=dim, eta=0.0, p=0.95, num_train=10_000, num_test=10_000)
     )
     c.model = base.ml_collections.ConfigDict(dict(name="linear"))
-    attack = base.pgd_attack(norm="linf", eps=eps, step_size=eps / 2, num_steps=5)
+    attack = base.pgd_attack(norm="linf", eps=base.eps_ref(c), step_size=eps / 2, num_steps=5)
     c.train.objective = base.ml_collections.ConfigDict(dict(name="pgd_at", attack=attack))
     c.train.batch_size = 200
     c.train.num_epochs = 20.0
     c.train.optimizer.name = "adam"
     c.train.optimizer.learning_rate = 0.01
     c.train.optimizer.schedule = "cosine"
-    c.train.val_attack = base.pgd_attack(norm="linf", eps=eps, step_size=eps / 2, num_steps=5)
+    c.train.val_attack = base.pgd_attack(
+        norm="linf", eps=base.eps_ref(c), step_size=eps / 2, num_steps=5
+    )
     c.train.val_examples = 2000
     c.train.log_every_steps = 100
     c.checkpoint.every_steps = 500
     c.eval.attacks = base.ml_collections.ConfigDict(
-        dict(pgd10=base.pgd_attack(norm="linf", eps=eps, step_size=eps / 4, num_steps=10))
+        dict(
+            pgd10=base.pgd_attack(norm="linf", eps=base.eps_ref(c), step_size=eps / 4, num_steps=10)
+        )
     )
     c.eval.num_examples = 2000
     # PGD on a linear model converges to the same corner from every start, so the

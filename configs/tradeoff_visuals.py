@@ -26,17 +26,21 @@ from __future__ import annotations
 
 from configs import base
 
+ARGS = ("smoke",)
+
 
 def get_config(arg: str | None = None):
     args = set((arg or "").split(","))
     c = base.get_base_config()
     c.data.name = "mnist"
     c.model = base.ml_collections.ConfigDict(dict(name="small_cnn", channels=(32, 64), hidden=256))
-    eps_train = 2.0
+    c.eps.l2 = 2.0  # eps_train of the robust model (objective and validation)
     c.train.objective = base.ml_collections.ConfigDict(
         dict(
             name="pgd_at",
-            attack=base.pgd_attack(norm="l2", eps=eps_train, step_size=0.7, num_steps=7),
+            attack=base.pgd_attack(
+                norm="l2", eps=base.eps_ref(c, "l2"), step_size=0.7, num_steps=7
+            ),
         )
     )
     c.train.batch_size = 100
@@ -45,7 +49,9 @@ def get_config(arg: str | None = None):
     c.train.optimizer.name = "adam"
     c.train.optimizer.learning_rate = 1e-3
     c.train.optimizer.schedule = "cosine"
-    c.train.val_attack = base.pgd_attack(norm="l2", eps=eps_train, step_size=0.5, num_steps=10)
+    c.train.val_attack = base.pgd_attack(
+        norm="l2", eps=base.eps_ref(c, "l2"), step_size=0.5, num_steps=10
+    )
     c.train.log_every_steps = 100
     c.checkpoint.every_steps = 600
     c.analysis = base.ml_collections.ConfigDict(

@@ -8,6 +8,10 @@
 * ``eval``: evaluates the run's last checkpoint (``--config.eval.use_best`` for the
   best) with ``config.eval`` and writes ``report.json``'s ``eval`` section.
 * ``analyze``: runs the analysis named by ``config.analysis.name``.
+
+Every user error (config file, argument, key, type, value, workdir, data, checkpoint,
+analysis setting, device count) ends in one line ``advjax: error: ...`` and exit code
+2, before anything is written or computed; internal errors keep their traceback.
 """
 
 from __future__ import annotations
@@ -19,21 +23,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from advjax import checkpoints, configlib, data, registry, runs, training  # noqa: E402
 from advjax.experiments import ANALYSES, AnalysisError  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Config file, optionally with an argument: configs/x.py:smoke.",
-    lock_config=True,
+MODES = ("train", "eval", "analyze")
+USAGE = (
+    "usage: launch/main.py --config configs/<name>.py[:arg] --workdir <folder> "
+    "[--mode train|eval|analyze] [--config.<key>=<value> ...]"
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (created if absent).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "analyze"], "What to do.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 EXPECTED_ERRORS = (
     configlib.ConfigError,
@@ -45,38 +44,85 @@ EXPECTED_ERRORS = (
 )
 
 
-def run(config, workdir: str, mode: str) -> dict:
+def parse_args(argv: list[str]) -> tuple[str, str, str, list[tuple[str, str]]]:
+    """``(config spec, workdir, mode, [(key, raw value), ...])`` from the command line.
+
+    Accepts ``--flag=value`` and ``--flag value`` for ``--config``, ``--workdir``,
+    ``--mode`` and every ``--config.<key>`` override.
+
+    Raises:
+      ConfigError: an unknown or incomplete flag.
+    """
+    flags: dict[str, str] = {}
+    overrides: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help", "--helpfull"):
+            print(__doc__.strip() + "\n\n" + USAGE)
+            raise SystemExit(0)
+        if not arg.startswith("--"):
+            raise configlib.ConfigError(f"unexpected argument {arg!r}; {USAGE}")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise configlib.ConfigError(f"flag --{name} needs a value; {USAGE}")
+            value = argv[i + 1]
+            i += 1
+        if name.startswith("config."):
+            overrides.append((name[len("config.") :], value))
+        elif name in ("config", "workdir", "mode"):
+            flags[name] = value
+        else:
+            raise configlib.ConfigError(f"unknown flag --{name}; {USAGE}")
+        i += 1
+    for required in ("config", "workdir"):
+        if required not in flags:
+            raise configlib.ConfigError(f"flag --{required} is required; {USAGE}")
+    mode = flags.get("mode", "train")
+    if mode not in MODES:
+        raise configlib.ConfigError(f"flag --mode: got {mode!r}; allowed: {', '.join(MODES)}")
+    return flags["config"], flags["workdir"], mode, overrides
+
+
+def prepare(argv: list[str]):
+    """The validated config, workdir and mode of a command line; writes nothing."""
+    spec, workdir, mode, overrides = parse_args(argv)
+    config = configlib.load_config(spec)
+    config.lock()
+    for key, value in overrides:
+        configlib.override(config, key, value)
+    if mode == "analyze" and not config.analysis.get("name"):
+        raise configlib.ConfigError(
+            "config key 'analysis.name' is empty; --mode analyze needs one of "
+            f"{', '.join(ANALYSES.names())}"
+        )
     configlib.validate(config)
+    configlib.check_workdir(config, workdir, mode)
+    return config, workdir, mode
+
+
+def run(config, workdir: str, mode: str) -> dict:
     if mode == "train":
-        report = runs.train_and_evaluate(config, workdir)
-    elif mode == "eval":
-        model = runs.load_trained(workdir, best=config.eval.use_best)
-        dataset = data.load_dataset(config.data)
-        report = runs.read_report(workdir) or {}
-        report["eval"] = runs.evaluate_model(config, model, dataset, workdir)
-        report["eval"]["evaluated_step"] = model.step
-        runs.write_json(os.path.join(workdir, "report.json"), report)
-    else:
-        if not config.analysis.name:
-            raise configlib.ConfigError(
-                "config key 'analysis.name' is empty; --mode analyze needs one of "
-                f"{ANALYSES.names()}"
-            )
-        os.makedirs(workdir, exist_ok=True)
-        report = ANALYSES.get(config.analysis.name, key="analysis.name")(config, workdir)
-    return report
+        return runs.train_and_evaluate(config, workdir)
+    if mode == "eval":
+        return runs.evaluate_run(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    return ANALYSES.get(config.analysis.name, key="analysis.name")(config, workdir)
 
 
-def main(argv):
-    del argv
+def main(argv: list[str] | None = None) -> int:
+    """Runs one command line; returns the exit code (2 for a user error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     logging.set_verbosity(logging.WARNING)
     try:
-        report = run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+        report = run(*prepare(argv))
     except EXPECTED_ERRORS as err:
-        print(f"advjax: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        print(f"advjax: error: {configlib.one_line(err)}", file=sys.stderr)
+        return 2
     summary = report.get("eval", report) if isinstance(report, dict) else report
     print(json.dumps(_headline(summary), indent=2, default=str))
+    return 0
 
 
 def _headline(section) -> dict:
@@ -87,4 +133,4 @@ def _headline(section) -> dict:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

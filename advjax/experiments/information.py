@@ -108,6 +108,19 @@ def validate_analysis(a: ml_collections.ConfigDict) -> None:
     registry.one_of(a.mi_bound, mi.BOUNDS, key="analysis.mi_bound")
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The analysis settings and every regime's objective, before any compute (called by
+    `advjax.configlib.validate`)."""
+    from advjax.objectives import build_objective
+
+    validate_analysis(config.analysis)
+    for name in config.analysis.regimes.keys():
+        try:
+            build_objective(config.analysis.regimes[name])
+        except ValueError as err:
+            raise ValueError(f"analysis.regimes.{name}: {err}") from None
+
+
 def regime_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
     """The training config of one regime: ``config`` with ``train.objective`` replaced."""
     c = ml_collections.ConfigDict(config.to_dict())
@@ -512,7 +525,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from advjax import runs
 
     a = config.analysis
-    validate_analysis(a)
     start = time.time()
     dataset = data.load_dataset(config.data)
     n = min(int(a.num_examples), len(dataset.test_y))

@@ -96,6 +96,18 @@ def validate_analysis(a: ml_collections.ConfigDict) -> None:
         )
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The analysis settings and both models' configs, before any compute (called by
+    `advjax.configlib.validate`)."""
+    from advjax import configlib
+
+    a = config.analysis
+    validate_analysis(a)
+    for name in ("standard", "robust"):
+        entry = a.models[name]
+        configlib.validate(_model_config(entry.config, entry.get("overrides")))
+
+
 def _model_config(spec: str, overrides) -> ml_collections.ConfigDict:
     from advjax import runs
 
@@ -519,13 +531,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns:
       The report dict also written to ``workdir/interactions.json``.
     """
-    from advjax import configlib
-
     a = config.analysis
-    try:
-        validate_analysis(a)
-    except ValueError as err:
-        raise configlib.ConfigError(str(err)) from None
     start = time.time()
     models = load_models(a, workdir)
     dataset = data.load_dataset(config.data)

@@ -104,6 +104,18 @@ def _sub_configs(config, workdir: str) -> dict[str, tuple[ml_collections.ConfigD
     return out
 
 
+def validate(config) -> None:
+    """Every model's training config (teachers named, objectives built), before any
+    compute (called by `advjax.configlib.validate`)."""
+    from advjax import configlib
+
+    for name, (sub, _) in _sub_configs(config, "").items():
+        try:
+            configlib.validate(sub)
+        except ValueError as err:
+            raise ValueError(f"analysis.models.{name}: {err}") from None
+
+
 @functools.lru_cache(maxsize=8)
 def _gradient_fn(module):
     """Jitted true-class logit gradients for any variables of ``module`` (compiled once)."""

@@ -119,6 +119,23 @@ def _accuracies(model, x, y, *, norm: str, eps_list, attack_steps: int, batch_si
     return {k: v / max(n, 1) for k, v in out.items()}
 
 
+def validate(config) -> None:
+    """The sweep's settings and one cell config per eps, before any compute (called by
+    `advjax.configlib.validate`)."""
+    from advjax import configlib
+
+    an = config.analysis
+    for key in ("sizes", "eps_train", "seeds"):
+        if not len(an[key]):
+            raise ValueError(f"config key 'analysis.{key}': got an empty list; need one or more")
+    if min(an.sizes) < 1:
+        raise ValueError(f"config key 'analysis.sizes': got {list(an.sizes)}; sizes must be >= 1")
+    for eps in an.eps_train:
+        configlib.validate(
+            cell_config(config, size=int(an.sizes[0]), eps=float(eps), seed=int(an.seeds[0]))
+        )
+
+
 def run(config, workdir: str) -> dict:
     """Trains every cell of the sweep (or restores it) and writes the curves."""
     an = config.analysis

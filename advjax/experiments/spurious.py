@@ -414,13 +414,17 @@ def _benchmark_figures(bench, out: dict, fig_dir: str) -> None:
     plots.save(fig, os.path.join(fig_dir, "spurious_benchmark.png"))
 
 
+def validate(config) -> None:
+    """The selected parts, before any compute (called by `advjax.configlib.validate`)."""
+    for p in _get(config.get("analysis", None), "parts", list(PARTS)):
+        if p not in PARTS:
+            raise ValueError(f"config key 'analysis.parts': got {p!r}; allowed: {list(PARTS)}")
+
+
 def run(config, workdir: str) -> dict:
     """Runs the selected parts; writes ``spurious.json`` and figures; returns the report."""
     an = config.get("analysis", None)
     parts = list(_get(an, "parts", list(PARTS)))
-    for p in parts:
-        if p not in PARTS:
-            raise ValueError(f"config key 'analysis.parts': got {p!r}; allowed: {list(PARTS)}")
     report: dict = {}
     if "theory" in parts:
         report["theory"] = theory_part(an, workdir)

@@ -95,6 +95,12 @@ def _model_section(model, params, x, y, eps, key) -> dict:
     }
 
 
+def validate(config) -> None:
+    """The toy distribution's parameters, before any compute (called by
+    `advjax.configlib.validate`)."""
+    synthetic.tsipras_params(config.data)
+
+
 def run(config, workdir: str) -> dict:
     """Runs the toy-model analysis; returns (and writes) the report dict."""
     params = synthetic.tsipras_params(config.data)

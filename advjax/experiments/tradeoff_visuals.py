@@ -78,6 +78,15 @@ def _robust_config(config) -> ml_collections.ConfigDict:
     return cfg
 
 
+def validate(config) -> None:
+    """Both models' training configs, before any compute (called by
+    `advjax.configlib.validate`)."""
+    from advjax import configlib
+
+    configlib.validate(_standard_config(config))
+    configlib.validate(_robust_config(config))
+
+
 def load_models(config, workdir: str) -> dict:
     """The standard and robust `TrainedModel`s: restored, or trained if missing."""
     an = config.analysis
