@@ -305,3 +305,42 @@ def test_advjax_models_import_without_torch():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_robustbench_persistent_normalisation_buffers_set_mean_and_std():
+    # RobustBench models such as Rice2020OverfittingNet register mu/sigma as buffers, so
+    # their state_dict() carries them next to the weights.
+    net = tm.randomise(tm.WideResNet(depth=10, widen_factor=2), seed=9)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    state_dict = {
+        **net.state_dict(),
+        "mu": torch.tensor(mean).view(1, 3, 1, 1),
+        "sigma": torch.tensor(std).view(1, 3, 1, 1),
+    }
+    module, _ = _assert_parity(
+        tm.Normalised(net, mean, std), state_dict, "wide_resnet", depth=10, width=2
+    )
+    np.testing.assert_allclose(module.std, std, rtol=1e-6)
+    with pytest.raises(CheckpointMismatchError, match="differs from the checkpoint's"):
+        convert_state_dict(state_dict, "wide_resnet", depth=10, width=2, mean=(0.0, 0.0, 0.0))
+
+
+def test_from_model_config_reads_the_config_fields(tmp_path):
+    import ml_collections
+
+    from advjax.data import DatasetInfo
+
+    net = tm.randomise(tm.DMWideResNet(depth=10, width=1, activation=torch.nn.SiLU), seed=10)
+    path = tmp_path / "dm.pt"
+    torch.save({"state_dict": net.state_dict()}, path)
+    config = ml_collections.ConfigDict(
+        dict(name="dm_wide_resnet", depth=10, width=1, torch_checkpoint=str(path))
+    )
+    module, variables = torch_import.from_model_config(
+        config, DatasetInfo("cifar10", (32, 32, 3), 10)
+    )
+    assert (module.activation, module.depth, module.num_classes) == ("swish", 10, 10)
+    x = _inputs(2)
+    np.testing.assert_allclose(
+        _flax_logits(module, variables, x), _torch_logits(net, x), rtol=0, atol=TOLERANCE
+    )

@@ -1,30 +1,28 @@
 """PyTorch checkpoints into advjax's flax models: RobustBench's CIFAR networks and
 torchvision's ResNet-50 (the ImageNet models of the `robustness` library).
 
-Supported layouts (``model_name`` is the `advjax.models.MODELS` name):
+Supported layouts, by `advjax.models.MODELS` name:
 
-==================  =============================================================
-``preact_resnet18``  RobustBench ``PreActResNet(PreActBlockV2, bn_before_fc=True)``
-                     (Rice et al. 2020 l_2, Kireev et al. 2021)
-``rb_preact_resnet`` RobustBench ``PreActResNet`` with either switch (Wong et al. 2020,
-                     Andriushchenko & Flammarion 2020)
-``wide_resnet``      RobustBench ``WideResNet`` (Carmon et al. 2019, Zhang et al. 2019,
-                     Rice et al. 2020; its unused ``sub_block1`` is dropped)
-``dm_wide_resnet``   RobustBench ``DMWideResNet`` (Gowal et al. 2020, Rebuffi et al.
-                     2021; ``activation="swish"`` or ``"relu"``)
-``resnet50``         torchvision ``resnet50`` / the `robustness` library's ResNet-50
-==================  =============================================================
+* ``preact_resnet18``: RobustBench ``PreActResNet(PreActBlockV2, bn_before_fc=True)``
+  (Rice et al. 2020 l_2, Kireev et al. 2021).
+* ``rb_preact_resnet``: RobustBench ``PreActResNet`` with either switch (Wong et al.
+  2020, Andriushchenko & Flammarion 2020).
+* ``wide_resnet``: RobustBench ``WideResNet`` (Carmon et al. 2019, Zhang et al. 2019,
+  Rice et al. 2020); the unused ``sub_block1`` of some checkpoints is dropped.
+* ``dm_wide_resnet``: RobustBench ``DMWideResNet`` (Gowal et al. 2020, Rebuffi et al.
+  2021), ``activation="swish"`` or ``"relu"``.
+* ``resnet50``: torchvision's ``resnet50``, the `robustness` library's ResNet-50.
 
 Input normalisation is a model field (``mean``/``std``) because RobustBench keeps it
-outside the state dict; a `robustness` checkpoint's normaliser buffers set it. The
+outside most state dicts; normaliser buffers stored in a checkpoint (the `robustness`
+library's, RobustBench's persistent ``mu``/``sigma``) set it. The
 state dict is checked against the flax variables tree (built abstractly, no compute)
 before anything is converted, and a mismatch is one `CheckpointMismatchError` listing the
 missing keys, the extra keys and the keys of the wrong shape (expected vs got).
 
 Reading never runs code from the file: ``.pt``/``.pth`` files go through
 ``torch.load(weights_only=True)`` and ``.safetensors`` files through safetensors' numpy
-reader. Torch is imported only inside the functions that read files or torch tensors'
-dtypes, so advjax imports without it.
+reader. Torch is imported only inside `read_checkpoint`, so advjax imports without it.
 """
 
 from __future__ import annotations
@@ -127,9 +125,11 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]
     """The model's state dict inside a checkpoint, and any input normaliser it carries.
 
     Unwraps ``{'state_dict': ...}``, ``{'model_state_dict': ...}``, ``{'model': ...}``
-    (and ``net``/``state``), strips the ``module.`` prefix of ``DataParallel``, and reads
+    (and ``net``/``state``), strips the ``module.`` prefix of ``DataParallel``, reads
     the `robustness` library's layout (``model.*`` weights, ``attacker.*`` duplicates,
-    ``normalizer.new_mean``/``new_std`` buffers).
+    ``normalizer.new_mean``/``new_std`` buffers), and takes RobustBench's persistent
+    normalisation buffers (top-level ``mu``/``sigma``, or ``mean``/``std``) out of the
+    weights. A plain state dict comes back unchanged.
 
     Returns:
       (state_dict, normaliser) where normaliser is ``{}`` or ``{"mean": [C], "std": [C]}``.
@@ -157,7 +157,30 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]
             if key in state:
                 normaliser[name] = _to_numpy(state[key]).reshape(-1)
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    for mean_key, std_key in (("mu", "sigma"), ("mean", "std")):
+        if mean_key in state and std_key in state:
+            normaliser = {
+                "mean": _to_numpy(state.pop(mean_key)).reshape(-1),
+                "std": _to_numpy(state.pop(std_key)).reshape(-1),
+            }
     return state, normaliser
+
+
+def _with_normaliser(fields: dict[str, Any], normaliser: dict[str, np.ndarray]) -> dict:
+    """``fields`` with the checkpoint's mean/std; an explicit, different one is an error."""
+    if not normaliser:
+        return fields
+    stored = {k: tuple(float(x) for x in v) for k, v in normaliser.items()}
+    for name, value in stored.items():
+        given = fields.get(name)
+        if given is not None and (
+            len(given) != len(value) or not np.allclose(given, value, rtol=0, atol=1e-6)
+        ):
+            raise CheckpointMismatchError(
+                f"model field {name}={tuple(given)} differs from the checkpoint's input "
+                f"normalisation {name}={value}; leave {name} unset to use the checkpoint's"
+            )
+    return {**fields, **stored}
 
 
 # --------------------------------------------------------------------------------------
@@ -367,7 +390,7 @@ def check_state_dict(
     input_shape: tuple[int, ...] = (32, 32, 3),
     **fields: Any,
 ):
-    """Checks that ``state_dict`` fits ``model_name`` with ``fields``; no compute.
+    """Checks that a plain ``state_dict`` fits ``model_name`` with ``fields``; no compute.
 
     Only the entries' ``shape`` is read, so a model built on torch's ``meta`` device
     checks without allocating its weights.
@@ -418,7 +441,11 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-def _convert(state_dict: Mapping[str, Any], model_name: str, input_shape, fields):
+def _convert(checkpoint: Mapping[str, Any], model_name: str, input_shape, fields):
+    if model_name not in _NAMES:
+        _build_module(model_name, {})  # Raises the error that lists the converters.
+    state_dict, normaliser = extract_state_dict(checkpoint)
+    fields = _with_normaliser(dict(fields), normaliser)
     module, expected = check_state_dict(state_dict, model_name, input_shape=input_shape, **fields)
     variables: dict[str, dict] = {}
     for key, (collection, path, _, transform) in expected.items():
@@ -443,7 +470,8 @@ def convert_state_dict(
 
     Args:
       state_dict: PyTorch ``state_dict()`` of the architecture (torch tensors or numpy
-        arrays), already unwrapped (see `extract_state_dict`).
+        arrays), plain or in one of the wrappers that `extract_state_dict` removes; a
+        normaliser it carries sets ``mean``/``std``.
       model_name: an `advjax.models.MODELS` name with a converter (module docstring).
       input_shape: one input (H, W, C), used only to trace the variables' shapes.
       **fields: the flax module's fields (``depth``, ``width``, ``activation``,
@@ -468,17 +496,14 @@ def load_torch_checkpoint(
     """The flax module and variables of a PyTorch checkpoint file.
 
     Reads ``path`` safely (`read_checkpoint`), unwraps it (`extract_state_dict`), takes
-    ``mean``/``std`` from a `robustness` checkpoint's normaliser unless given, and
-    converts it (`convert_state_dict`).
+    ``mean``/``std`` from a normaliser stored in the checkpoint (`robustness` library,
+    RobustBench's ``mu``/``sigma`` buffers), and converts it (`convert_state_dict`).
 
     Returns:
       (module, variables): ``module.apply(variables, x, train=False)`` gives the logits
       of the PyTorch model in eval mode on NHWC inputs in [0, 1].
     """
-    state_dict, normaliser = extract_state_dict(read_checkpoint(path))
-    if normaliser and "mean" not in fields and "std" not in fields:
-        fields = {**fields, **{k: tuple(float(x) for x in v) for k, v in normaliser.items()}}
-    return _convert(state_dict, model_name, input_shape, fields)
+    return _convert(read_checkpoint(path), model_name, input_shape, fields)
 
 
 def from_model_config(model_config, info):
