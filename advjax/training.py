@@ -11,6 +11,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -33,7 +34,8 @@ from advjax.objectives import Forward, Objective, build_objective
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """Training diverged (non-finite or exploding loss or parameters); the last good
+    checkpoint is kept."""
 
 
 @flax.struct.dataclass
@@ -142,6 +144,7 @@ def make_train_step(
         )
         metrics = {"loss": loss, **aux.get("metrics", {})}
         metrics["param_grad_norm"] = optax.tree.norm(grads)
+        metrics["param_norm"] = optax.tree.norm(params)
         return new_state, metrics
 
     def step(state: TrainState, batch: dict, key: jax.Array):
@@ -204,8 +207,8 @@ def total_train_steps(train_config, num_train: int) -> tuple[int, int]:
 
 
 def setup(config, dataset: data.Dataset | None = None) -> Setup:
-    """Validates ``config``, loads data and builds model, objective and optimizer."""
-    configlib.validate(config)
+    """Loads data and builds model, objective and optimizer (``config`` is validated by
+    the callers, `advjax.runs` and the launcher)."""
     mesh = make_mesh(config.train.num_devices)
     if config.train.batch_size % mesh.size:
         raise ValueError(
@@ -413,6 +416,7 @@ def train(
     init_key, step_key, val_key = jax.random.split(base_key, 3)
 
     state = init_state(s, init_key)
+    initial_params = state.params
     meta: dict = {"finished": False, "best": None, "best_step": None, "stopped_early": False}
     start_step = 0
     if ckpt.latest_step() is not None:
@@ -463,8 +467,11 @@ def train(
     def save(step: int, *, finished: bool = False, best: bool = False) -> None:
         meta["finished"] = finished
         host_state = jax.device_get(state)
+        guard.check_state(step, host_state)
         ckpt.save(step, host_state, dict(meta, step=step), best=best)
 
+    guard = DivergenceGuard(s, workdir, initial_params)
+    guard.last_good = ckpt.latest_step()
     pending = None  # Metrics of the step in flight: fetched after the next dispatch.
     window_start, window_examples = time.time(), 0
     bar = tqdm(
@@ -476,21 +483,20 @@ def train(
         dynamic_ncols=True,
     )
     step = start_step
-    last_good = ckpt.latest_step()
     try:
         while step < s.total_steps and not meta["finished"]:
             batch = jax.device_put(get_batch(s, step), batch_sharding)
             state, metrics = step_fn(state, batch, step_key)
             step += 1
             if pending is not None:
-                _check_finite(pending, s, last_good, workdir)
+                guard.check_metrics(*pending)
             pending = (step, metrics)
             window_examples += config.train.batch_size
             boundary_log = step % config.train.log_every_steps == 0
             boundary_eval = step % eval_every == 0 or step == s.total_steps
             boundary_ckpt = step % config.checkpoint.every_steps == 0 or step == s.total_steps
             if boundary_log or boundary_eval or boundary_ckpt:
-                _check_finite(pending, s, last_good, workdir)
+                guard.check_metrics(*pending)
                 pending = None
             if boundary_log:
                 elapsed = max(time.time() - window_start, 1e-9)
@@ -528,14 +534,14 @@ def train(
             done = step == s.total_steps or meta["stopped_early"]
             if boundary_ckpt or is_best or done:
                 save(step, finished=done)
-                last_good = step
+                guard.last_good = step
             if is_best:
                 save(step, finished=done, best=True)
             bar.update(1)
             if meta["stopped_early"]:
                 break
         if pending is not None:
-            _check_finite(pending, s, last_good, workdir)
+            guard.check_metrics(*pending)
     finally:
         bar.close()
         ckpt.wait()
@@ -567,21 +573,89 @@ def show_progress(config) -> bool:
     return bool(config.train.progress) and os.environ.get("ADVJAX_PROGRESS", "1") != "0"
 
 
-def _check_finite(pending, s: Setup, last_good: int | None, workdir: str) -> None:
-    step, metrics = pending
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
+class DivergenceGuard:
+    """Stops a diverging run before it is saved (``config.train.divergence``).
+
+    A step diverges when its loss or parameter norm is not finite, its loss exceeds
+    ``loss_factor`` times the median of the previous ``window`` losses (floored at 1e-3,
+    so a run that fits its data perfectly is not stopped by one hard batch), or its
+    parameter norm exceeds ``param_norm_factor`` times the norm at initialisation. A
+    checkpoint is written only when `check_state` finds its parameters finite and its
+    logits on a fixed probe batch finite.
+
+    Args:
+      s: the run's setup.
+      workdir: the run folder (named in messages).
+      initial_params: the parameters at step 0 (the reference norm).
+    """
+
+    MEDIAN_FLOOR = 1e-3
+    PROBE_EXAMPLES = 64
+
+    def __init__(self, s: Setup, workdir: str, initial_params):
+        cfg = s.config.train.get("divergence", None)
+        self.loss_factor = float(cfg.loss_factor) if cfg is not None else 0.0
+        self.param_factor = float(cfg.param_norm_factor) if cfg is not None else 0.0
+        self.losses: collections.deque = collections.deque(
+            maxlen=int(cfg.window) if cfg is not None else 100
+        )
+        self.initial_norm = float(optax.tree.norm(initial_params))
+        self.s, self.workdir = s, workdir
+        self.last_good: int | None = None
+        x_probe, _, _ = validation_split(s)
+        if len(x_probe) == 0:
+            x_probe = s.dataset.train_x
+        self.probe = np.asarray(x_probe[: self.PROBE_EXAMPLES])
+        self._logits = jax.jit(lambda variables, x: s.module.apply(variables, x, train=False))
+
+    def _stop(self, what: str) -> None:
         where = (
-            f"the last good checkpoint (step {last_good}) is kept in {workdir}/checkpoints"
-            if last_good is not None
+            f"the last good checkpoint (step {self.last_good}) is kept in "
+            f"{self.workdir}/checkpoints"
+            if self.last_good is not None
             else "no checkpoint had been written yet"
         )
+        opt = self.s.config.train.optimizer
         raise TrainingDivergedError(
-            f"loss became {loss} at step {step} (objective {s.config.train.objective.name!r}, "
-            f"learning rate {s.config.train.optimizer.learning_rate}); {where}. Lower "
-            f"train.optimizer.learning_rate or set train.optimizer.grad_clip_norm and rerun in "
-            f"a fresh --workdir."
+            f"training diverged: {what} (objective {self.s.config.train.objective.name!r}, "
+            f"{opt.name} at learning rate {opt.learning_rate}); {where}. Lower "
+            f"train.optimizer.learning_rate or set train.optimizer.grad_clip_norm and rerun "
+            f"in a fresh --workdir (thresholds: train.divergence)."
         )
+
+    def check_metrics(self, step: int, metrics) -> None:
+        """Raises `TrainingDivergedError` if the metrics of ``step`` show divergence."""
+        loss = float(metrics["loss"])
+        param_norm = float(metrics["param_norm"])
+        if not math.isfinite(loss):
+            self._stop(f"loss became {loss} at step {step}")
+        if not math.isfinite(param_norm):
+            self._stop(f"the parameters became non-finite at step {step}")
+        if self.param_factor and param_norm > self.param_factor * self.initial_norm:
+            self._stop(
+                f"the parameter norm reached {param_norm:.3g} at step {step}, more than "
+                f"{self.param_factor:g} x its initial {self.initial_norm:.3g}"
+            )
+        if self.loss_factor and self.losses:
+            median = float(np.median(self.losses))
+            if loss > self.loss_factor * max(median, self.MEDIAN_FLOOR):
+                self._stop(
+                    f"loss {loss:.3g} at step {step} is more than {self.loss_factor:g} x its "
+                    f"running median {median:.3g}"
+                )
+        self.losses.append(loss)
+
+    def check_state(self, step: int, host_state: TrainState) -> None:
+        """Raises `TrainingDivergedError` unless ``host_state`` is fit to be saved."""
+        trees = [host_state.params]
+        if host_state.ema_params is not None:
+            trees.append(host_state.ema_params)
+        if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(trees)):
+            self._stop(f"the parameters of step {step} are not finite")
+        model = trained_model(self.s, host_state)
+        logits = np.asarray(self._logits(model.variables, self.probe))
+        if not np.isfinite(logits).all():
+            self._stop(f"the parameters of step {step} give non-finite logits on a probe batch")
 
 
 def restore_target(config, info: data.DatasetInfo) -> tuple[Any, TrainState]:

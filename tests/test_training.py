@@ -183,3 +183,52 @@ def test_data_parallel_training_matches_one_device(tmp_path):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_divergence_guard_closed_form_thresholds():
+    config = tiny_config()
+    config.train.divergence.loss_factor = 100.0
+    config.train.divergence.param_norm_factor = 10.0
+    config.train.divergence.window = 3
+    s = training.setup(config, blob_images())
+    params = {"w": jnp.full((4,), 0.5)}  # Norm 1.
+    guard = training.DivergenceGuard(s, "/run", params)
+    assert guard.initial_norm == pytest.approx(1.0)
+    for step, loss in enumerate([1.0, 3.0, 2.0, 199.0], start=1):  # Median 2: limit 200.
+        guard.check_metrics(step, {"loss": loss, "param_norm": 9.9})
+    with pytest.raises(training.TrainingDivergedError, match="loss 500 at step 5.*median 3"):
+        # The window keeps the last 3 losses (3, 2, 199): median 3, limit 300.
+        guard.check_metrics(5, {"loss": 500.0, "param_norm": 1.0})
+    with pytest.raises(training.TrainingDivergedError, match="parameter norm reached 10.1"):
+        guard.check_metrics(6, {"loss": 1.0, "param_norm": 10.1})
+    with pytest.raises(training.TrainingDivergedError, match="parameters became non-finite"):
+        guard.check_metrics(7, {"loss": 1.0, "param_norm": float("inf")})
+    with pytest.raises(training.TrainingDivergedError, match="loss became nan"):
+        guard.check_metrics(8, {"loss": float("nan"), "param_norm": 1.0})
+    # A state is saved only if its parameters and its probe logits are finite.
+    state = training.init_state(s, jax.random.key(0))
+    guard.check_state(1, state)
+    huge = state.replace(params=jax.tree.map(lambda p: p + 3e37, state.params))
+    with pytest.raises(training.TrainingDivergedError, match="non-finite logits"):
+        guard.check_state(2, huge)
+    nan = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
+    with pytest.raises(training.TrainingDivergedError, match="parameters of step 3 are not"):
+        guard.check_state(3, nan)
+
+
+@pytest.mark.slow
+def test_adam_at_1e6_stops_with_a_message_and_keeps_a_finite_checkpoint(tmp_path):
+    from advjax import configlib
+
+    config = configlib.load_config("configs/mnist_fast.py:smoke")
+    config.train.optimizer.learning_rate = 1e6
+    config.checkpoint.every_steps = 1
+    config.train.progress = False
+    with pytest.raises(training.TrainingDivergedError, match="diverged") as err:
+        runs.train_and_evaluate(config, str(tmp_path))
+    assert "last good checkpoint (step" in str(err.value)
+    assert not (tmp_path / "report.json").exists()
+    model = runs.load_trained(str(tmp_path))
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(model.variables))
+    x = data.load_dataset(config.data).test_x[:100]
+    assert np.isfinite(np.asarray(model.logits_fn(x))).all()
