@@ -68,3 +68,65 @@ def test_fab_t_keeps_only_perturbations_within_eps():
     assert np.array_equal(x_adv[radius > eps], x[radius > eps])
     assert flipped[radius < 0.98 * eps].all()
     assert np.all(np.linalg.norm(x_adv - x, axis=1) <= eps + 1e-6)
+
+
+def _box_problem(seed: int, n: int = 12):
+    """A hyperplane that the box constrains: x near the box's corner, large |c|."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.0, n).astype(np.float32)
+    x[:3] = [0.99, 0.01, 0.995]
+    w = rng.normal(size=n).astype(np.float32)
+    c = np.float32(0.6 * np.sum(np.abs(w) * np.where(w > 0, 1 - x, x)))
+    return x, w, c, -x, 1 - x
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_box_constrained_hyperplane_projection_matches_a_linear_program(norm, seed):
+    from scipy.optimize import linprog
+
+    from advjax.attacks.fab import _PROJECTIONS
+
+    x, w, c, lower, upper = _box_problem(seed)
+    n = x.size
+    d = np.asarray(_PROJECTIONS[norm](*(jnp.asarray(a) for a in (x, w, c, lower, upper))))
+    assert np.all(d >= lower - 1e-6) and np.all(d <= upper + 1e-6)
+    np.testing.assert_allclose(np.dot(w, d), c, rtol=1e-4)
+    # Reference: min ||d||_p s.t. <w, d> = c, lower <= d <= upper, as an LP over (d, t).
+    eye = np.eye(n)
+    if norm == "l1":
+        cost = np.concatenate([np.zeros(n), np.ones(n)])
+        a_ub = np.block([[eye, -eye], [-eye, -eye]])
+        t_bounds = [(0, None)] * n
+    else:
+        cost = np.concatenate([np.zeros(n), [1.0]])
+        a_ub = np.block([[eye, -np.ones((n, 1))], [-eye, -np.ones((n, 1))]])
+        t_bounds = [(0, None)]
+    result = linprog(
+        cost,
+        A_ub=a_ub,
+        b_ub=np.zeros(2 * n),
+        A_eq=np.concatenate([w, np.zeros(cost.size - n)])[None],
+        b_eq=[c],
+        bounds=list(zip(lower, upper, strict=True)) + t_bounds,
+    )
+    assert result.status == 0
+    ord_p = 1 if norm == "l1" else np.inf
+    np.testing.assert_allclose(np.linalg.norm(d, ord=ord_p), result.fun, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_box_constrained_l2_projection_satisfies_its_optimality_conditions(seed):
+    from advjax.attacks.fab import _project_l2
+
+    x, w, c, lower, upper = _box_problem(seed)
+    d = np.asarray(_project_l2(*(jnp.asarray(a) for a in (x, w, c, lower, upper))))
+    assert np.all(d >= lower - 1e-6) and np.all(d <= upper + 1e-6)
+    np.testing.assert_allclose(np.dot(w, d), c, rtol=1e-4)
+    # KKT: d = clip(mu * w, lower, upper) for one mu > 0, and some coordinates saturate.
+    free = (d > lower + 1e-5) & (d < upper - 1e-5) & (np.abs(w) > 1e-3)
+    ratios = d[free] / w[free]
+    assert free.sum() >= 2 and (~free).any()
+    np.testing.assert_allclose(ratios, ratios.mean(), rtol=1e-4)
+    mu = ratios.mean()
+    np.testing.assert_allclose(d, np.clip(mu * w, lower, upper), atol=1e-5)
