@@ -130,3 +130,17 @@ def test_box_constrained_l2_projection_satisfies_its_optimality_conditions(seed)
     np.testing.assert_allclose(ratios, ratios.mean(), rtol=1e-4)
     mu = ratios.mean()
     np.testing.assert_allclose(d, np.clip(mu * w, lower, upper), atol=1e-5)
+
+
+def test_fab_t_restarts_never_worse_and_deterministic():
+    model, x, y, radius = _linear_problem("linf", seed=2)
+    args = (model, jnp.asarray(x), jnp.asarray(y), jax.random.key(3))
+    _, single = fab_targeted_minimal(*args, norm="linf", eps=0.1)
+    _, several = fab_targeted_minimal(*args, norm="linf", eps=0.1, num_restarts=3)
+    _, again = fab_targeted_minimal(*args, norm="linf", eps=0.1, num_restarts=3)
+    several = np.asarray(several)
+    np.testing.assert_array_equal(several, np.asarray(again))
+    assert np.all(several <= np.asarray(single))
+    assert np.all(several >= radius * (1 - 1e-4))
+    with pytest.raises(ValueError, match="need eps"):
+        fab_targeted_minimal(*args, norm="linf", num_restarts=2)

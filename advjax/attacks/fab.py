@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry
+from advjax.attacks import example_keys, fold_in_each
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -99,24 +100,20 @@ def _project_batch(norm, x, w, c, lo, hi):
     return jax.vmap(_PROJECTIONS[norm])(x, w, c, lo - x, hi - x)
 
 
-def _random_start(key, x, radius, norm, bounds):
-    """The reference's restart: a random point at half the radius (l_inf: sup norm)."""
+def _random_start(keys, x, radius, norm, bounds):
+    """The reference's restart point: x plus a random vector of norm radius / 2 (sup norm
+    for l_inf, l_p otherwise), clipped to the box; one key per example."""
     flat = x.reshape(x.shape[0], -1)
     if norm == "linf":
-        t = jax.random.uniform(key, flat.shape, minval=-1.0, maxval=1.0)
+        t = jax.vmap(lambda k: jax.random.uniform(k, flat.shape[1:], minval=-1.0, maxval=1.0))(keys)
         t = t / jnp.maximum(jnp.max(jnp.abs(t), axis=1, keepdims=True), 1e-12)
     else:
-        t = jax.random.normal(key, flat.shape)
-        scale = geometry.lp_norm(t, norm=norm)
-        t = t / jnp.maximum(scale, 1e-12)[:, None]
+        t = jax.vmap(lambda k: jax.random.normal(k, flat.shape[1:]))(keys)
+        t = t / jnp.maximum(geometry.lp_norm(t, norm=norm), 1e-12)[:, None]
     start = flat + 0.5 * radius[:, None] * t
     return jnp.clip(start, bounds[0], bounds[1]).reshape(x.shape)
 
 
-@partial(
-    jax.jit,
-    static_argnames=("logits_fn", "norm", "num_steps", "alpha_max", "eta", "beta", "bounds"),
-)
 def _fab_single_run(
     logits_fn, x, y, target, start, *, norm, num_steps, alpha_max, eta, beta, bounds
 ):
@@ -158,51 +155,57 @@ def _fab_single_run(
     return adv.reshape(x.shape), best
 
 
-def fab_targeted_minimal(
-    logits_fn: LogitsFn,
-    x: jax.Array,
-    y: jax.Array,
-    key: jax.Array,
+@partial(
+    jax.jit,
+    static_argnames=(
+        "logits_fn",
+        "norm",
+        "num_steps",
+        "num_targets",
+        "num_restarts",
+        "alpha_max",
+        "eta",
+        "beta",
+        "bounds",
+    ),
+)
+def _fab_targeted(
+    logits_fn,
+    x,
+    y,
+    key,
+    eps,
     *,
-    norm: str = "linf",
-    eps: float | None = None,
-    num_steps: int = 100,
-    num_targets: int = 9,
-    num_restarts: int = 1,
-    alpha_max: float = 0.1,
-    eta: float = 1.05,
-    beta: float = 0.9,
-    bounds: tuple[float, float] = (0.0, 1.0),
-) -> tuple[jax.Array, jax.Array]:
-    """FAB-T's smallest adversarial examples and their l_p norms (see `fab_targeted`).
-
-    Returns:
-      (x_adv, norms): per example the smallest adversarial point found over targets and
-      restarts and its distance to x; x and 0 for points misclassified already, x and
-      inf where none was found.
-    """
-    geometry.check_norm(norm)
-    bounds = (float(bounds[0]), float(bounds[1]))
+    norm,
+    num_steps,
+    num_targets,
+    num_restarts,
+    alpha_max,
+    eta,
+    beta,
+    bounds,
+):
+    batch = x.shape[0]
+    expand = (-1,) + (1,) * (x.ndim - 1)
+    keys = example_keys(key, batch)
     logits = logits_fn(x)
-    num_classes = logits.shape[-1]
     correct = jnp.argmax(logits, axis=-1) == y
-    # Targets: the classes of the 2nd, 3rd, ... largest clean logits (the reference's
-    # ``sort()[1][:, -target_class]``).
-    ranking = jnp.argsort(-logits, axis=-1)
-    best_adv, best = x, jnp.full((x.shape[0],), jnp.inf, x.dtype)
-    radius = jnp.full((x.shape[0],), jnp.inf if eps is None else eps, x.dtype)
-    for target_index in range(1, min(num_targets, num_classes - 1) + 1):
-        target = ranking[:, target_index]
-        for restart in range(num_restarts):
-            if restart == 0:
-                start = x
-            else:
-                # The reference draws within half the smaller of eps and the best norm.
-                run_key = jax.random.fold_in(key, target_index * num_restarts + restart)
-                r = jnp.minimum(radius, best)
-                r = jnp.where(jnp.isfinite(r), r, 0.0)
-                start = _random_start(run_key, x, r, norm, bounds)
-            adv, found = _fab_single_run(
+    # Targets: the other classes by decreasing clean logit (the reference's
+    # ``sort()[1][:, -target_class]`` for target_class = 2, 3, ...).
+    n_targets = max(1, min(num_targets, logits.shape[-1] - 1))
+    masked = logits.at[jnp.arange(batch), y].set(-jnp.inf)
+    targets = jax.lax.top_k(masked, n_targets)[1].T  # (n_targets, batch)
+    radius = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
+    radius = jnp.where(jnp.isfinite(radius), radius, 0.0)
+
+    def per_target(carry, inputs):
+        best_adv, best = carry
+        index, target = inputs
+
+        def run(restart):
+            run_keys = fold_in_each(fold_in_each(keys, index), restart)
+            start = jnp.where(restart > 0, _random_start(run_keys, x, radius, norm, bounds), x)
+            return _fab_single_run(
                 logits_fn,
                 x,
                 y,
@@ -215,12 +218,64 @@ def fab_targeted_minimal(
                 beta=beta,
                 bounds=bounds,
             )
-            better = found < best
-            best_adv = jnp.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), adv, best_adv)
-            best = jnp.where(better, found, best)
-    best_adv = jnp.where(correct.reshape((-1,) + (1,) * (x.ndim - 1)), best_adv, x)
-    best = jnp.where(correct, best, 0.0)
-    return best_adv, best
+
+        advs, founds = jax.vmap(run)(jnp.arange(num_restarts))
+        pick = jnp.argmin(founds, axis=0)
+        found = jnp.take_along_axis(founds, pick[None], axis=0)[0]
+        adv = jnp.take_along_axis(advs, pick.reshape((1, *expand)), axis=0)[0]
+        better = found < best
+        return (jnp.where(better.reshape(expand), adv, best_adv), jnp.minimum(found, best)), None
+
+    init = (x, jnp.full((batch,), jnp.inf, x.dtype))
+    (best_adv, best), _ = jax.lax.scan(per_target, init, (jnp.arange(n_targets), targets))
+    best_adv = jnp.where(correct.reshape(expand), best_adv, x)
+    return best_adv, jnp.where(correct, best, 0.0)
+
+
+def fab_targeted_minimal(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    key: jax.Array,
+    *,
+    norm: str = "linf",
+    eps: jax.Array | float | None = None,
+    num_steps: int = 100,
+    num_targets: int = 9,
+    num_restarts: int = 1,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> tuple[jax.Array, jax.Array]:
+    """FAB-T's smallest adversarial examples and their l_p norms (see `fab_targeted`).
+
+    ``eps`` only sets the radius of the random restarts (restart k > 0), so it may be
+    None with ``num_restarts=1``.
+
+    Returns:
+      (x_adv, norms): per example the smallest adversarial point found over targets and
+      restarts and its distance to x; x and 0 for points misclassified already, x and
+      inf where none was found.
+    """
+    geometry.check_norm(norm)
+    if eps is None and num_restarts > 1:
+        raise ValueError("fab_targeted: random restarts (num_restarts > 1) need eps")
+    return _fab_targeted(
+        logits_fn,
+        x,
+        y,
+        key,
+        jnp.inf if eps is None else eps,
+        norm=norm,
+        num_steps=int(num_steps),
+        num_targets=int(num_targets),
+        num_restarts=int(num_restarts),
+        alpha_max=float(alpha_max),
+        eta=float(eta),
+        beta=float(beta),
+        bounds=(float(bounds[0]), float(bounds[1])),
+    )
 
 
 def fab_targeted(
@@ -230,7 +285,7 @@ def fab_targeted(
     key: jax.Array,
     *,
     norm: str = "linf",
-    eps: float,
+    eps: jax.Array | float,
     num_steps: int = 100,
     num_targets: int = 9,
     num_restarts: int = 1,
@@ -245,12 +300,14 @@ def fab_targeted(
     FAB-T with them): ``num_steps=100``, ``num_targets=9`` (every other class of
     CIFAR-10), ``num_restarts=1``, ``alpha_max=0.1``, ``eta=1.05``, ``beta=0.9``; the
     ``plus`` version uses ``num_restarts=5``. Restart k > 0 starts at a random point at
-    half of min(eps, smallest norm found) (sup norm for l_inf, l_p for l_2 and l_1).
+    distance eps / 2 from x (sup norm for l_inf, l_p for l_2 and l_1), clipped to the
+    box. Targets are a ``lax.scan`` axis (the other classes by decreasing clean logit),
+    restarts a ``vmap`` axis; randomness is per example (`example_keys`).
 
     Args:
       logits_fn: x -> logits [B, K]; predictions must not depend on batch composition.
-      x: inputs [B, ...] in ``bounds``; y: labels [B]; key: PRNG key for restarts.
-      norm: "linf", "l2" or "l1"; eps: the threat model's radius.
+      x: inputs [B, ...] in ``bounds``; y: labels [B]; key: PRNG key (or B keys).
+      norm: "linf", "l2" or "l1"; eps: the threat model's radius (scalar or [B]).
       num_steps, num_targets, num_restarts, alpha_max, eta, beta: as above.
       bounds: the input box.
 
@@ -273,5 +330,7 @@ def fab_targeted(
         beta=beta,
         bounds=bounds,
     )
-    keep = (found <= eps).reshape((-1,) + (1,) * (x.ndim - 1))
+    keep = (found <= jnp.broadcast_to(jnp.asarray(eps, found.dtype), found.shape)).reshape(
+        (-1,) + (1,) * (x.ndim - 1)
+    )
     return jnp.where(keep, x_adv, x)
