@@ -47,3 +47,43 @@ def tiny_config(objective: str = "standard", **train):
     for k, v in train.items():
         c.train[k] = v
     return c
+
+
+class CompileCounter:
+    """Counts XLA compilations (one per "Finished XLA compilation" log line of JAX).
+
+    Usage: ``with CompileCounter() as c: ...``; then ``c.count`` and ``c.names`` (the
+    compiled functions, e.g. ``jit(attack_outcome)``).
+    """
+
+    def __enter__(self):
+        import logging
+
+        import jax
+
+        self.names: list[str] = []
+        counter = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record):
+                msg = record.getMessage()
+                if msg.startswith("Finished XLA compilation of "):
+                    counter.names.append(
+                        msg[len("Finished XLA compilation of ") :].split(" in ")[0]
+                    )
+
+        self._handler = _Handler()
+        self._logger = logging.getLogger("jax")
+        self._logger.addHandler(self._handler)
+        self._ctx = jax.log_compiles()
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        self._logger.removeHandler(self._handler)
+        return False
+
+    @property
+    def count(self) -> int:
+        return len(self.names)

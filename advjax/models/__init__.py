@@ -36,14 +36,27 @@ class EvalApply:
         return self.module.apply(variables, x, train=False)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FunctionApply:
     """``(variables, x) -> fn(x)``: a plain logits function as a `Model`'s apply.
 
-    Hashes by the function's identity, so jit caches per function object.
+    Hashes and compares by the function's identity (bound methods of unhashable objects
+    included), so jit caches per function object.
     """
 
     fn: Callable[[jax.Array], jax.Array]
+
+    def _identity(self) -> tuple[int, ...]:
+        # Bound methods are new objects at every attribute access: compare their parts.
+        if hasattr(self.fn, "__self__") and hasattr(self.fn, "__func__"):
+            return (id(self.fn.__self__), id(self.fn.__func__))
+        return (id(self.fn),)
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FunctionApply) and other._identity() == self._identity()
 
     def __call__(self, variables: Any, x: jax.Array, *key: jax.Array) -> jax.Array:
         del variables
