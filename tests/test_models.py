@@ -78,3 +78,54 @@ def test_unknown_model_and_field_are_named():
         build("resnet9000", MNIST)
     with pytest.raises(ValueError, match="model.hidden_units"):
         build("mlp", MNIST, hidden_units=3)
+
+
+# The modules built on advjax.models.layers; models elsewhere (imported architectures)
+# keep their own layers.
+OWN_MODULES = ("advjax.models.cnn", "advjax.models.resnet", "advjax.models.simple")
+
+
+@pytest.mark.parametrize(
+    "name,info,kw",
+    [
+        ("linear", MNIST, {}),
+        ("mlp", MNIST, {"hidden": (32,)}),
+        ("madry_cnn", MNIST, {}),
+        ("small_cnn", MNIST, {}),
+        ("preact_resnet18", CIFAR, {"widths": (8, 8, 8, 8)}),
+        ("wide_resnet", CIFAR, {"depth": 10, "width": 1}),
+    ],
+)
+def test_models_equal_their_flax_conv_versions(name, info, kw, monkeypatch):
+    # Every registered model, rebuilt with flax's own nn.Conv and nn.max_pool in place of
+    # advjax.models.layers: the same variables tree (names, shapes, initial values, so
+    # checkpoints written before the layers existed still load), logits and input
+    # gradients.
+    own = {n for n in models.MODELS.names() if models.MODELS.get(n).__module__ in OWN_MODULES}
+    assert own == {"linear", "mlp", "madry_cnn", "small_cnn", "preact_resnet18", "wide_resnet"}
+    module, variables = build(name, info, **kw)
+    import flax.linen as nn
+
+    from advjax.models import cnn, resnet
+
+    for mod in (cnn, resnet):
+        monkeypatch.setattr(mod, "Conv", nn.Conv)
+    monkeypatch.setattr(cnn, "max_pool", lambda x, w: nn.max_pool(x, w, strides=w))
+    flax_module, flax_variables = build(name, info, **kw)
+    assert jax.tree.structure(variables) == jax.tree.structure(flax_variables)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(flax_variables), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = jax.random.uniform(jax.random.key(2), (3, *info.input_shape))
+
+    def loss(m):
+        return lambda v: jnp.sum(jnp.sin(m.apply(flax_variables, v, train=False)))
+
+    np.testing.assert_allclose(
+        module.apply(flax_variables, x, train=False),
+        flax_module.apply(flax_variables, x, train=False),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        jax.grad(loss(module))(x), jax.grad(loss(flax_module))(x), rtol=1e-4, atol=1e-6
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from advjax.models.layers import Conv, max_pool
+
 
 class MadryCNN(nn.Module):
     """The MNIST network of Madry et al. 2018 (mnist_challenge ``model.py``).
@@ -21,10 +23,10 @@ class MadryCNN(nn.Module):
         del train
         w_init = nn.initializers.truncated_normal(stddev=0.1)
         b_init = nn.initializers.constant(0.1)
-        x = nn.relu(nn.Conv(32, (5, 5), padding="SAME", kernel_init=w_init, bias_init=b_init)(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.relu(nn.Conv(64, (5, 5), padding="SAME", kernel_init=w_init, bias_init=b_init)(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(Conv(32, (5, 5), padding="SAME", kernel_init=w_init, bias_init=b_init)(x))
+        x = max_pool(x, (2, 2))
+        x = nn.relu(Conv(64, (5, 5), padding="SAME", kernel_init=w_init, bias_init=b_init)(x))
+        x = max_pool(x, (2, 2))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(1024, kernel_init=w_init, bias_init=b_init)(x))
         return nn.Dense(self.num_classes, kernel_init=w_init, bias_init=b_init)(x)
@@ -45,8 +47,8 @@ class SmallCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train
         pad = ((1, 1), (1, 1))
-        x = nn.relu(nn.Conv(self.channels[0], (4, 4), strides=(2, 2), padding=pad)(x))
-        x = nn.relu(nn.Conv(self.channels[1], (4, 4), strides=(2, 2), padding=pad)(x))
+        x = nn.relu(Conv(self.channels[0], (4, 4), strides=(2, 2), padding=pad)(x))
+        x = nn.relu(Conv(self.channels[1], (4, 4), strides=(2, 2), padding=pad)(x))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.hidden)(x))
         return nn.Dense(self.num_classes)(x)

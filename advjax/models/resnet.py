@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from advjax.models.layers import Conv
+
 
 def _norm(train: bool):
     return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
@@ -30,10 +32,10 @@ class PreActBlock(nn.Module):
         out = nn.relu(norm()(x))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = nn.Conv(self.features, (1, 1), strides=self.stride, use_bias=False)(out)
-        out = nn.Conv(self.features, (3, 3), strides=self.stride, padding=1, use_bias=False)(out)
+            shortcut = Conv(self.features, (1, 1), strides=self.stride, use_bias=False)(out)
+        out = Conv(self.features, (3, 3), strides=self.stride, padding=1, use_bias=False)(out)
         out = nn.relu(norm()(out))
-        out = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(out)
+        out = Conv(self.features, (3, 3), padding=1, use_bias=False)(out)
         return out + shortcut
 
 
@@ -53,7 +55,7 @@ class PreActResNet18(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.mean:
             x = (x - jnp.asarray(self.mean)) / jnp.asarray(self.std)
-        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
+        x = Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
         for stage, width in enumerate(self.widths):
             for block in range(2):
                 stride = 2 if stage > 0 and block == 0 else 1
@@ -76,12 +78,12 @@ class WideBlock(nn.Module):
         out = nn.relu(norm()(x))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = nn.Conv(self.features, (1, 1), strides=self.stride, use_bias=False)(out)
-        out = nn.Conv(self.features, (3, 3), strides=self.stride, padding=1, use_bias=False)(out)
+            shortcut = Conv(self.features, (1, 1), strides=self.stride, use_bias=False)(out)
+        out = Conv(self.features, (3, 3), strides=self.stride, padding=1, use_bias=False)(out)
         out = nn.relu(norm()(out))
         if self.dropout > 0:
             out = nn.Dropout(self.dropout, deterministic=not train)(out)
-        out = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(out)
+        out = Conv(self.features, (3, 3), padding=1, use_bias=False)(out)
         return out + shortcut
 
 
@@ -102,7 +104,7 @@ class WideResNet(nn.Module):
         n = (self.depth - 4) // 6
         if self.mean:
             x = (x - jnp.asarray(self.mean)) / jnp.asarray(self.std)
-        x = nn.Conv(16, (3, 3), padding=1, use_bias=False)(x)
+        x = Conv(16, (3, 3), padding=1, use_bias=False)(x)
         for stage, base in enumerate((16, 32, 64)):
             for block in range(n):
                 stride = 2 if stage > 0 and block == 0 else 1

@@ -1,0 +1,164 @@
+"""advjax.models.layers: the convolution and max-pool whose derivatives XLA:CPU keeps on its
+fast kernels give flax's / lax's values and derivatives (every mode and order)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from advjax.models import layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+# (kernel, stride, padding, input size): 1x1/3x3/4x4/5x5 kernels, odd and even, strides 1
+# and 2, SAME / VALID / int / explicit pairs, sizes where VALID and strides drop rows.
+CASES = [
+    (1, 1, "SAME", 7),
+    (1, 2, "VALID", 8),
+    (3, 1, "SAME", 7),
+    (3, 2, "SAME", 8),
+    (3, 2, "VALID", 9),
+    (3, 1, 1, 6),
+    (4, 2, 1, 28),
+    (4, 1, "SAME", 7),
+    (4, 2, "VALID", 11),
+    (5, 1, "SAME", 9),
+    (5, 2, 2, 10),
+    (5, 2, ((1, 2), (0, 3)), 9),
+]
+
+
+def reference_conv(x, w, stride, padding):
+    pads = layers.resolve_padding(padding, x.shape[1:3], w.shape[:2], (stride, stride))
+    return lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=DN)
+
+
+def fast_conv(x, w, stride, padding):
+    return layers.conv2d(x, w, strides=stride, padding=padding)
+
+
+def inputs(k, size, seed=0, cin=3, cout=4):
+    kx, kw = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, (2, size, size, cin))
+    w = jax.random.normal(kw, (k, k, cin, cout))
+    return x, w
+
+
+def assert_close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    scale = max(float(np.abs(b).max()), 1.0)
+    assert float(np.abs(a - b).max()) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("k,stride,padding,size", CASES)
+def test_conv2d_values_and_first_derivatives_match_lax(k, stride, padding, size):
+    x, w = inputs(k, size)
+
+    def loss(conv):
+        # A non-uniform weighting of the output so every cotangent entry differs.
+        def f(x, w):
+            out = conv(x, w, stride, padding)
+            return jnp.sum(jnp.sin(out) * jnp.arange(out.size).reshape(out.shape) / out.size)
+
+        return f
+
+    assert_close(fast_conv(x, w, stride, padding), reference_conv(x, w, stride, padding))
+    got = jax.grad(loss(fast_conv), argnums=(0, 1))(x, w)
+    want = jax.grad(loss(reference_conv), argnums=(0, 1))(x, w)
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
+
+
+@pytest.mark.parametrize("k,stride,padding,size", CASES[2::3])
+def test_conv2d_gradient_of_input_gradient_matches_lax(k, stride, padding, size):
+    # What the input-gradient and interpretation objectives differentiate: a norm of
+    # the input gradient, with respect to the input and to the kernel.
+    x, w = inputs(k, size, seed=1)
+
+    def penalty(conv):
+        def f(x, w):
+            gx = jax.grad(lambda v: jnp.sum(jnp.tanh(conv(v, w, stride, padding))))(x)
+            return jnp.sum(gx**2)
+
+        return f
+
+    got = jax.grad(penalty(fast_conv), argnums=(0, 1))(x, w)
+    want = jax.grad(penalty(reference_conv), argnums=(0, 1))(x, w)
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
+
+
+@pytest.mark.parametrize("k,stride,padding,size", CASES[1::4])
+def test_conv2d_forward_mode_and_linear_transpose_match_lax(k, stride, padding, size):
+    x, w = inputs(k, size, seed=2)
+    dx, dw = inputs(k, size, seed=3)
+    got = jax.jvp(lambda a, b: fast_conv(a, b, stride, padding), (x, w), (dx, dw))
+    want = jax.jvp(lambda a, b: reference_conv(a, b, stride, padding), (x, w), (dx, dw))
+    assert_close(got[1], want[1])
+    # The Fisher power iteration's pattern: linearise, then transpose the linear map.
+    out, lin = jax.linearize(lambda a: jnp.tanh(fast_conv(a, w, stride, padding)), x)
+    ct = jax.random.normal(jax.random.key(4), out.shape)
+    back = jax.linear_transpose(lin, x)(ct)[0]
+    _, ref_vjp = jax.vjp(lambda a: jnp.tanh(reference_conv(a, w, stride, padding)), x)
+    assert_close(back, ref_vjp(ct)[0])
+
+
+def test_conv2d_input_gradient_is_one_plain_convolution():
+    # The reason for the layer: lax's own rule convolves with a reversed kernel under
+    # swapped (HWOI) labels, which XLA:CPU rewrites onto its fast path outside loops but
+    # not inside them; here both convolutions carry the forward's NHWC/HWIO labels.
+    x, w = inputs(4, 28)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda v: jnp.sum(fast_conv(v, w, 2, 1) ** 2)))(x)
+    convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+    assert len(convs) == 2  # forward and input gradient
+    assert convs[1].params["lhs_dilation"] == (2, 2)
+    for eqn in convs:
+        assert eqn.params["dimension_numbers"] == lax.conv_dimension_numbers(
+            eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, DN
+        )
+
+
+@pytest.mark.parametrize(
+    "features,kernel,strides,padding,use_bias",
+    [(8, (3, 3), 1, "SAME", True), (8, (4, 4), (2, 2), 1, False), (5, (5, 5), 2, "VALID", True)],
+)
+def test_conv_module_matches_flax_conv(features, kernel, strides, padding, use_bias):
+    x = jax.random.uniform(jax.random.key(5), (3, 12, 12, 2))
+    kw = dict(strides=strides, padding=padding, use_bias=use_bias)
+    ours, theirs = layers.Conv(features, kernel, **kw), nn.Conv(features, kernel, **kw)
+    v_ours, v_theirs = ours.init(jax.random.key(6), x), theirs.init(jax.random.key(6), x)
+    assert jax.tree.structure(v_ours) == jax.tree.structure(v_theirs)
+    for a, b in zip(jax.tree.leaves(v_ours), jax.tree.leaves(v_theirs), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_close(ours.apply(v_theirs, x), theirs.apply(v_theirs, x))
+
+
+def flax_pool(x, window):
+    return nn.max_pool(x, window, strides=window)
+
+
+@pytest.mark.parametrize("window,shape", [((2, 2), (2, 8, 8, 3)), ((2, 2), (1, 7, 9, 2)),
+                                          ((3, 2), (2, 9, 6, 1))])  # fmt: skip
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_flax_including_ties(window, shape, ties):
+    x = jax.random.uniform(jax.random.key(7), shape)
+    if ties:  # a few levels: many windows hold several equal maxima
+        x = jnp.round(2 * x)
+    np.testing.assert_array_equal(layers.max_pool(x, window), flax_pool(x, window))
+    out = flax_pool(x, window)
+    weights = jnp.arange(1.0, out.size + 1).reshape(out.shape)
+    grad = jax.grad(lambda v, pool: jnp.sum(pool(v, window) * weights), argnums=0)
+    np.testing.assert_array_equal(grad(x, layers.max_pool), grad(x, flax_pool))
+    # Forward mode: the tangent is the tangent of the selected element.
+    dx = jax.random.normal(jax.random.key(8), shape)
+    got = jax.jvp(lambda v: layers.max_pool(v, window), (x,), (dx,))[1]
+    want = jax.vjp(lambda v: flax_pool(v, window), x)[1]
+    # <jvp(dx), w> == <dx, vjp(w)> with the reference's vjp.
+    np.testing.assert_allclose(
+        float(jnp.sum(got * weights)), float(jnp.sum(dx * want(weights)[0])), rtol=1e-5
+    )
