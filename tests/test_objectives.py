@@ -11,10 +11,12 @@ import numpy as np
 import optax
 import pytest
 
-from advjax import geometry
+from advjax import geometry, losses
+from advjax.attacks.ascent import ascent
 from advjax.objectives import Forward, build_objective
 from advjax.objectives.fast import fgsm_rs_perturbation, free_at_step
 from advjax.objectives.mart import mart_terms
+from advjax.objectives.regression import squared_pgd
 from advjax.objectives.regularizers import input_gradient_terms, random_projection_frobenius
 from advjax.objectives.trades import trades_perturbation
 
@@ -130,6 +132,98 @@ def test_trades_inner_max_reaches_a_vertex_for_a_binary_linear_model():
     np.testing.assert_allclose(delta, side * vertex, atol=1e-6)
 
 
+def reference_trades_delta(logits_fn, x, key, *, eps, step_size, num_steps):
+    """TRADES' inner loop written out (Zhang et al.'s ``trades_loss``, l_inf, box [0, 1]):
+    x' = x + 0.001 N(0, I) (one key per example), then ``num_steps`` signed steps on
+    KL(p(x) || p(x')), each clipped to the ball and the box; the last iterate is kept."""
+    project = lambda d: jnp.clip(jnp.clip(d, -eps, eps), -x, 1.0 - x)  # noqa: E731
+    keys = jax.random.split(key, x.shape[0])
+    delta = project(jax.vmap(lambda k: 0.001 * jax.random.normal(k, x.shape[1:]))(keys))
+    p_clean = jax.nn.softmax(logits_fn(x))
+
+    def kl(d):
+        log_q = jax.nn.log_softmax(logits_fn(x + d))
+        return jnp.sum(p_clean * (jnp.log(p_clean) - log_q))
+
+    for _ in range(num_steps):
+        delta = project(delta + step_size * jnp.sign(jax.grad(kl)(delta)))
+    return delta
+
+
+def test_trades_inner_max_equals_the_reference_loop_on_a_linear_softmax_model():
+    module = Linear(num_classes=3)
+    kx, kp = jax.random.split(jax.random.PRNGKey(21))
+    # A quarter of the pixels on the box edges, so the box constraint is active too.
+    x = jax.random.uniform(kx, (8, 12))
+    x = jnp.where(jnp.arange(12) % 4 == 0, jnp.round(x), x)
+    y = jnp.arange(8) % 3
+    params = module.init(kp, x)["params"]
+    logits_fn = lambda z: module.apply({"params": params}, z)  # noqa: E731
+    key, eps, step, steps = jax.random.PRNGKey(22), 0.2, 0.03, 10
+    delta = trades_perturbation(logits_fn, x, key, eps=eps, step_size=step, num_steps=steps)
+    want = reference_trades_delta(logits_fn, x, key, eps=eps, step_size=step, num_steps=steps)
+    np.testing.assert_allclose(delta, want, atol=1e-6)
+    # The objective runs the same inner maximisation through the registry attack, with
+    # the eps ramp scaling eps and the step together.
+    forward = make_forward(module)
+    objective = build_objective(
+        config(name="trades", beta=1.0, attack=linf_attack(eps, step_size=step, num_steps=steps))
+    )
+    batch = {"x": x, "y": y, "eps_scale": jnp.float32(0.5)}
+    _, aux = objective.loss_fn(params, forward, batch, key, None)
+    half = reference_trades_delta(
+        logits_fn, x, key, eps=eps / 2, step_size=step / 2, num_steps=steps
+    )
+    kl = losses.kl_divergence(logits_fn(x), logits_fn(x + half))
+    np.testing.assert_allclose(aux["metrics"]["loss_robust"], jnp.mean(kl), rtol=1e-5)
+
+
+def test_trades_keeps_the_last_iterate_where_it_is_not_the_best():
+    # On a linear softmax model the KL is convex in delta and sign-PGD only climbs, so the
+    # last iterate is also the best. High-frequency cosine features make it oscillate:
+    # there the reference loop's last iterate differs from the best one.
+    w = jnp.asarray(np.random.default_rng(25).normal(size=(12, 3)), jnp.float32)
+    logits_fn = lambda z: jnp.cos(10.0 * z) @ w  # noqa: E731
+    x = jnp.asarray(np.random.default_rng(26).uniform(0.3, 0.7, size=(8, 12)), jnp.float32)
+    key, kw = jax.random.PRNGKey(22), dict(eps=0.2, step_size=0.05, num_steps=10)
+    delta = trades_perturbation(logits_fn, x, key, **kw)
+    want = reference_trades_delta(logits_fn, x, key, **kw)
+    np.testing.assert_allclose(delta, want, atol=1e-6)
+    best = ascent(
+        logits_fn, x, jnp.zeros(8, jnp.int32), key, loss="kl", start="gaussian", keep="best", **kw
+    )
+    assert float(jnp.max(jnp.abs(best.delta - want))) > 0.01
+
+
+# ----------------------------------------------------------------------------- regression
+
+
+def test_squared_pgd_reaches_the_linf_closed_form_on_a_linear_regressor():
+    # f(x) = w.x + b, residual r = y - f(x): over ||delta||_inf <= eps the largest
+    # |y - f(x + delta)| is |r| + eps ||w||_1, at delta = -eps sign(r) sign(w).
+    rng = np.random.default_rng(23)
+    w, b, eps = jnp.asarray(rng.normal(size=5), jnp.float32), 0.3, 0.25
+    x = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=16), jnp.float32)
+    x_adv = squared_pgd(
+        lambda z: z @ w + b,
+        x,
+        y,
+        jax.random.PRNGKey(24),
+        norm="linf",
+        eps=eps,
+        step_size=eps / 4,
+        num_steps=8,
+        num_restarts=2,
+    )
+    residual = y - x @ w - b
+    want = jnp.abs(residual) + eps * jnp.sum(jnp.abs(w))
+    np.testing.assert_allclose(jnp.abs(y - x_adv @ w - b), want, rtol=1e-5)
+    np.testing.assert_allclose(
+        x_adv - x, -eps * jnp.sign(residual)[:, None] * jnp.sign(w)[None], atol=1e-6
+    )
+
+
 # ----------------------------------------------------------------------------- MART
 
 
@@ -208,7 +302,9 @@ def test_fgsm_rs_step_is_the_signed_gradient_step_for_a_linear_model():
     delta = fgsm_rs_perturbation(
         lambda z: module.apply({"params": params}, z), x, y, key, eps=eps, step_size=1.25 * eps
     )
-    start = jnp.clip(jax.random.uniform(key, x.shape, minval=-eps, maxval=eps), -x, 1 - x)
+    # The ascent core draws the uniform start with one key per example, split from key.
+    draw = lambda k: jax.random.uniform(k, x.shape[1:], minval=-eps, maxval=eps)  # noqa: E731
+    start = jnp.clip(jax.vmap(draw)(jax.random.split(key, x.shape[0])), -x, 1 - x)
     want = jnp.clip(jnp.clip(start - 1.25 * eps * jnp.sign(w)[None], -eps, eps), -x, 1 - x)
     np.testing.assert_allclose(delta, want, atol=1e-6)
 

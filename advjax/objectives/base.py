@@ -49,7 +49,9 @@ def build_pgd_at(cfg) -> Objective:
     """PGD adversarial training (Madry et al. 2018, Eq. 2.1).
 
     Config keys:
-      attack: an attack config (`advjax.ATTACKS`), e.g. PGD-40 l_inf eps 0.3.
+      attack: an attack config (`advjax.ATTACKS`), e.g. PGD-40 l_inf eps 0.3, run on
+        the eval-mode model; the attack call scales its eps (and step) by
+        ``batch["eps_scale"]``.
       clean_weight: weight of the clean loss, ``(1 - w) * L(x_adv) + w * L(x)``
         (0 = pure adversarial training, as in Madry et al.; 0.5 = Goodfellow et al.).
     """
@@ -62,16 +64,15 @@ def build_pgd_at(cfg) -> Objective:
     if not 0.0 <= clean_weight <= 1.0:
         raise ValueError(f"config key 'train.objective.clean_weight': {clean_weight} not in [0, 1]")
     attack = ATTACKS.get(cfg.attack.name, key="train.objective.attack.name")(cfg.attack)
-    eps = float(cfg.attack.eps)
 
     def loss_fn(params, forward, batch, key, carry):
         del carry
         x, y = batch["x"], batch["y"]
         eval_logits = lambda inp: forward.eval(jax.lax.stop_gradient(params), inp)  # noqa: E731
-        scaled_eps = eps * batch.get("eps_scale", 1.0)
-        x_adv = jax.lax.stop_gradient(
-            attack(eval_logits, x, y, key, bounds=forward.bounds, eps=scaled_eps)
+        x_adv = attack(
+            eval_logits, x, y, key, bounds=forward.bounds, eps_scale=batch.get("eps_scale")
         )
+        x_adv = jax.lax.stop_gradient(x_adv)
         if clean_weight > 0:
             logits, model_state = forward.train(params, jnp.concatenate([x_adv, x]))
             adv_logits, clean_logits = jnp.split(logits, 2)

@@ -12,7 +12,10 @@
   replays and across minibatches (the training loop's ``carry``).
 
 Both papers use l_inf; the l_2 forms (uniform start in the l_2 ball, normalised-gradient
-step) come from `advjax.geometry` and follow the same rules.
+step) come from `advjax.geometry` and follow the same rules. FGSM-RS is the ascent core
+(`advjax.attacks.ascent`) with a uniform start, one step and the last iterate kept; Free
+AT's update is the core's `ascent_step` primitive, since its input gradient comes from
+the training backward pass and no ascent loop of its own runs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry, losses
+from advjax.attacks import Attack, build_attack
+from advjax.attacks.ascent import ascent, ascent_step
 from advjax.objectives import Objective
 from advjax.objectives.base import check_keys
 from advjax.registry import one_of
@@ -41,27 +46,49 @@ def fgsm_rs_perturbation(
 ) -> jax.Array:
     """The FGSM-RS perturbation of Wong et al. 2020 (Algorithm 3, lines 3-5).
 
+    The ascent core with ``start='uniform'`` (``delta ~ U(B(0, eps))``, projected to the
+    box; one key per example from ``key``), a single steepest-ascent step of length
+    ``step_size`` on the cross-entropy and ``keep='last'``: the stepped point is used
+    even where it lowers the loss, as in the reference code.
+
     Args:
       logits_fn: ``x -> logits`` (the model in evaluation mode).
       x: clean inputs in ``bounds``.
       y: integer labels.
       key: PRNG key for the uniform start.
       norm: 'linf' (the paper) or 'l2'.
-      eps: radius of the threat model.
-      step_size: ``alpha``, the length of the steepest-ascent step.
+      eps: radius of the threat model (may be traced).
+      step_size: ``alpha``, the length of the steepest-ascent step (may be traced).
       bounds: the input box.
 
     Returns:
       ``delta`` with ``||delta||_p <= eps`` and ``x + delta`` inside ``bounds``.
     """
-    delta = geometry.random_init(key, x, norm=norm, eps=eps, bounds=bounds)
+    return ascent(
+        logits_fn,
+        x,
+        y,
+        key,
+        norm=norm,
+        eps=eps,
+        step_size=step_size,
+        num_steps=1,
+        loss="ce",
+        start="uniform",
+        keep="last",
+        bounds=bounds,
+    ).delta
 
-    def summed_ce(d):
-        return jnp.sum(losses.cross_entropy(logits_fn(x + d), y))
 
-    grad = jax.grad(summed_ce)(delta)
-    delta = delta + step_size * geometry.ascent_direction(grad, norm=norm)
-    return geometry.project(delta, x, norm=norm, eps=eps, bounds=bounds)
+def fgsm_rs_attack(*, norm: str, eps: float, step_size: float) -> Attack:
+    """The registry 'fgsm' `Attack` with a random start: `fgsm_rs_perturbation`'s config.
+
+    Called with ``eps_scale`` it scales the radius and ``alpha`` together.
+    """
+    return build_attack(
+        # step 0 only with eps = 0, where the default step (eps) is 0 as well.
+        dict(name="fgsm", norm=norm, eps=eps, step_size=step_size or None, start="uniform")
+    )
 
 
 def free_at_step(
@@ -80,7 +107,10 @@ def free_at_step(
 
     A single forward and backward pass on ``mean_i CE(f(x_i + delta_i), y_i)`` gives
     both the parameter gradient and the input gradient ``g_x``; then
-    ``delta <- Proj(delta + step_size * sign(g_x))``.
+    ``delta <- Proj(delta + step_size * sign(g_x))``, the ascent core's `ascent_step`
+    (steepest-ascent direction of ``norm``, projection to the ball and the box). The
+    core's loop cannot run here: the step reuses the gradient of the training backward
+    pass, which is what makes the replays "free".
 
     Args:
       forward_train: ``(params, x) -> (logits, new_model_state)``.
@@ -97,6 +127,9 @@ def free_at_step(
     Returns:
       ``(loss, param_grads, new_delta, logits, new_model_state)``.
     """
+    batch = x.shape[0]
+    eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
+    step_size = jnp.broadcast_to(jnp.asarray(step_size, x.dtype), (batch,))
     delta = geometry.project(delta, x, norm=norm, eps=eps, bounds=bounds)
 
     def mean_ce(p, d):
@@ -106,8 +139,7 @@ def free_at_step(
     (loss, (logits, state)), (g_params, g_delta) = jax.value_and_grad(
         mean_ce, argnums=(0, 1), has_aux=True
     )(params, delta)
-    new_delta = delta + step_size * geometry.ascent_direction(g_delta, norm=norm)
-    new_delta = geometry.project(new_delta, x, norm=norm, eps=eps, bounds=bounds)
+    new_delta = ascent_step(delta, g_delta, x, step_size, norm=norm, eps=eps, bounds=bounds)
     return loss, g_params, new_delta, logits, state
 
 
@@ -147,14 +179,15 @@ def _step_size(objective_config, default: float) -> float:
 def build_fgsm_rs(objective_config) -> Objective:
     """FGSM adversarial training with a random start (Wong et al. 2020, Algorithm 3).
 
-    ``L = mean_i CE(f(x_i + delta_i), y_i)`` with ``delta`` from `fgsm_rs_perturbation`,
-    computed with the model in evaluation mode and treated as a constant.
+    ``L = mean_i CE(f(x_i + delta_i), y_i)`` with ``delta`` from `fgsm_rs_perturbation`
+    (through `fgsm_rs_attack`: uniform start, one step, last iterate), computed with the
+    model in evaluation mode and treated as a constant.
 
     Args:
-      objective_config: ``eps``; optional ``step_size`` (alpha, default ``1.25 * eps``)
-        and ``norm`` ('linf' default, or 'l2'). Both lengths are multiplied by
-        ``batch["eps_scale"]`` (the training loop's eps ramp-up); the input box is
-        ``forward.bounds``.
+      objective_config: ``eps``; optional ``step_size`` (alpha > 0, default
+        ``1.25 * eps``) and ``norm`` ('linf' default, or 'l2'). The attack call scales
+        both lengths by ``batch["eps_scale"]`` (the training loop's eps ramp-up); the
+        input box is ``forward.bounds``.
 
     Returns:
       The `Objective`.
@@ -162,22 +195,22 @@ def build_fgsm_rs(objective_config) -> Objective:
     check_keys(objective_config, {"eps", "step_size", "norm"}, objective="fgsm_rs")
     norm, eps = _threat_model(objective_config)
     step_size = _step_size(objective_config, 1.25 * eps)
+    if step_size == 0 and eps > 0:
+        raise ValueError("config key 'train.objective.step_size': must be > 0 when eps > 0")
+    attack = fgsm_rs_attack(norm=norm, eps=eps, step_size=step_size)
 
     def loss_fn(params, forward, batch, key, carry):
         del carry
         x, y = batch["x"], batch["y"]
-        scale = batch.get("eps_scale", 1.0)
-        delta = fgsm_rs_perturbation(
+        x_adv = attack(
             lambda inputs: forward.eval(jax.lax.stop_gradient(params), inputs),
             x,
             y,
             key,
-            norm=norm,
-            eps=eps * scale,
-            step_size=step_size * scale,
             bounds=forward.bounds,
+            eps_scale=batch.get("eps_scale"),
         )
-        logits, state = forward.train(params, x + jax.lax.stop_gradient(delta))
+        logits, state = forward.train(params, jax.lax.stop_gradient(x_adv))
         loss = jnp.mean(losses.cross_entropy(logits, y))
         metrics = {"loss": loss, "adv_accuracy": jnp.mean(losses.accuracy(logits, y))}
         return loss, {"model_state": state, "metrics": metrics}
@@ -196,7 +229,8 @@ def build_free_at(objective_config) -> Objective:
     Args:
       objective_config: ``eps``, ``replays`` (m >= 1, default 8); optional ``step_size``
         for ``delta`` (default ``eps``) and ``norm`` ('linf' default, or 'l2'). ``eps``
-        and ``step_size`` are multiplied by ``batch["eps_scale"]``; the input box is
+        and ``step_size`` are multiplied by ``batch["eps_scale"]`` here (no attack call
+        runs, so the attack library's scaling does not apply); the input box is
         ``forward.bounds``.
 
     Returns:

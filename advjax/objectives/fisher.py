@@ -9,9 +9,10 @@ second order, x_F - x approximates the top eigenvector of the input Fisher infor
 F(x) scaled to the ball, and the penalty pushes the largest Fisher eigenvalues down.
 
 It is TRADES (Zhang et al. 2019) with a uniform start and the KL-maximising iterate kept
-(`advjax.attacks.pgd.pgd` with ``loss='kl'``, ``keep_best=True``) instead of TRADES's
-Gaussian start and last iterate; `advjax.analysis.information.kl_worst_case` solves the
-same inner problem for the analysis.
+(the registry 'pgd' `Attack` with ``loss='kl'``, ``start='uniform'``, ``keep_best=True``,
+`fisher_attack`) instead of TRADES's Gaussian start and last iterate;
+`advjax.analysis.information.kl_worst_case` solves the same inner problem for the
+analysis, through the same ascent core.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry, losses
-from advjax.attacks.pgd import pgd
+from advjax.attacks import Attack, build_attack
 from advjax.objectives import Objective
 
 _ALLOWED_KEYS = {"beta", "attack"}
@@ -50,6 +51,24 @@ def fisher_kl_loss(
     return natural + beta * fisher, {"loss_natural": natural, "loss_fisher": fisher}
 
 
+def fisher_attack(*, norm: str, eps: float, step_size: float, num_steps: int) -> Attack:
+    """Shi et al.'s inner maximisation as a registry 'pgd' `Attack`: PGD on the KL to the
+    clean prediction from a uniform start, keeping the KL-maximising iterate."""
+    return build_attack(
+        dict(
+            name="pgd",
+            norm=norm,
+            eps=eps,
+            step_size=step_size or None,  # 0 only with eps = 0: the default step, also 0
+            num_steps=num_steps,
+            loss="kl",
+            start="uniform",
+            num_restarts=1,
+            keep_best=True,
+        )
+    )
+
+
 def build_fisher_kl(objective_config) -> Objective:
     """The Fisher-regularised objective of Shi et al. as an `advjax.objectives.Objective`.
 
@@ -58,7 +77,9 @@ def build_fisher_kl(objective_config) -> Objective:
       attack: inner maximisation: ``eps``, ``step_size``, ``num_steps`` and optional
         ``norm`` (default 'linf') and ``bounds`` (default the model's input box). Other
         attack-config keys (``name``, ``loss``, ...) are accepted and ignored: the inner
-        problem is always KL ascent from a uniform start.
+        problem is always KL ascent from a uniform start (`fisher_attack`), run on the
+        eval-mode model; the attack call scales ``eps`` and ``step_size`` by
+        ``batch["eps_scale"]``.
 
     The clean and the KL-maximising batches go through the model in two train-mode calls;
     the BatchNorm statistics returned are those of the clean call.
@@ -99,6 +120,9 @@ def build_fisher_kl(objective_config) -> Objective:
             raise ValueError(
                 f"config key 'train.objective.attack.{name}': must be >= {minimum}; got {value}"
             )
+    if step_size == 0 and eps > 0:
+        raise ValueError("config key 'train.objective.attack.step_size': must be > 0 when eps > 0")
+    inner = fisher_attack(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps)
     config_bounds = attack.get("bounds", None)
 
     def loss_fn(params, forward, batch, key, carry):
@@ -108,21 +132,13 @@ def build_fisher_kl(objective_config) -> Objective:
             bounds = tuple(float(b) for b in config_bounds)
         else:
             bounds = tuple(getattr(forward, "bounds", (0.0, 1.0)))
-        eval_params = jax.lax.stop_gradient(params)
-        scale = batch.get("eps_scale", 1.0)
-        x_fisher = pgd(
-            lambda inputs: forward.eval(eval_params, inputs),
+        x_fisher = inner(
+            lambda inputs: forward.eval(jax.lax.stop_gradient(params), inputs),
             x,
             y,
             key,
-            norm=norm,
-            eps=eps * scale,
-            step_size=step_size * scale,
-            num_steps=num_steps,
-            loss="kl",
-            random_start=True,
-            keep_best=True,
             bounds=bounds,
+            eps_scale=batch.get("eps_scale"),
         )
         x_fisher = jax.lax.stop_gradient(x_fisher)
         logits_clean, model_state = forward.train(params, x)

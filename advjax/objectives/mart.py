@@ -66,8 +66,8 @@ def build_mart(objective_config) -> Objective:
 
     Args:
       objective_config: ``beta`` (>= 0, default 6.0, the paper's CIFAR-10 value) and
-        ``attack`` (an attack config; its eps is multiplied by ``batch["eps_scale"]``,
-        and it respects ``forward.bounds``).
+        ``attack`` (an attack config; the attack call scales its eps and step by
+        ``batch["eps_scale"]``, and it respects ``forward.bounds``).
 
     Returns:
       The `Objective`.
@@ -78,7 +78,6 @@ def build_mart(objective_config) -> Objective:
         raise ValueError(f"config key 'train.objective.beta': must be >= 0; got {beta}")
     if "attack" not in objective_config:
         raise ValueError("config key 'train.objective.attack': mart needs an attack config")
-    eps = float(objective_config.attack.eps)
     attack = ATTACKS.get(objective_config.attack.name, key="train.objective.attack.name")(
         objective_config.attack
     )
@@ -87,8 +86,9 @@ def build_mart(objective_config) -> Objective:
         del carry
         x, y = batch["x"], batch["y"]
         eval_logits = lambda inputs: forward.eval(jax.lax.stop_gradient(params), inputs)  # noqa: E731
-        scaled_eps = eps * batch.get("eps_scale", 1.0)
-        x_adv = attack(eval_logits, x, y, key, bounds=forward.bounds, eps=scaled_eps)
+        x_adv = attack(
+            eval_logits, x, y, key, bounds=forward.bounds, eps_scale=batch.get("eps_scale")
+        )
         x_adv = jax.lax.stop_gradient(x_adv)
         logits_clean, _ = forward.train(params, x)
         logits_adv, state = forward.train(params, x_adv)

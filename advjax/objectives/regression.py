@@ -7,7 +7,8 @@ projected gradient ascent on the squared loss (Madry et al. 2018, Eq. 2, with th
 the regression model instead of cross-entropy); for a linear model ``f(x) = w^T x + b`` it
 reaches the closed form ``(|y - w^T x - b| + eps ||w||_q)^2``
 (`advjax.analysis.tradeoff.adversarial_squared_loss`), so training lands on the
-closed-form adversarial minimiser.
+closed-form adversarial minimiser. The ascent is the core `advjax.attacks.ascent.ascent`
+with the squared error as a callable loss.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry
+from advjax.attacks.ascent import ascent, default_step_size
 from advjax.objectives import Objective
 
 _ATTACK_DEFAULTS = {
@@ -55,7 +57,7 @@ def _attack_values(cfg) -> dict:
             f"{v['num_restarts']}"
         )
     if v["step_size"] is None:
-        v["step_size"] = 2.5 * float(v["eps"]) / int(v["num_steps"])
+        v["step_size"] = default_step_size(float(v["eps"]), int(v["num_steps"]))
     return v
 
 
@@ -76,9 +78,13 @@ def squared_pgd(
 ) -> jax.Array:
     """PGD maximisation of the per-example squared error ``(y - f(x + delta))^2``.
 
-    Steepest-ascent steps of the threat model (`advjax.geometry.ascent_direction`),
-    projection onto the ball intersected with the box, and the per-example best iterate
-    over steps and restarts (restarts are a ``vmap`` axis).
+    The ascent core with a callable loss (the squared error of the one-output model):
+    steepest-ascent steps of the threat model, projection onto the ball intersected with
+    the box, and ``keep='best'``, the per-example best iterate over steps and restarts
+    (restarts are a ``vmap`` axis). The first restart starts at ``x``
+    (``start='clean_first'``) unless ``random_start``, further ones uniformly in the
+    ball: for a linear model the zero start follows the residual's sign to the global
+    maximum.
 
     Args:
       predict_fn: ``x -> predictions [B]`` (eval mode).
@@ -98,34 +104,29 @@ def squared_pgd(
     Returns:
       Adversarial inputs ``x + delta*``.
     """
-    per_example = lambda xa: (y - predict_fn(xa)) ** 2
-    expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
+    result = ascent(
+        predict_fn,
+        x,
+        y,
+        key,
+        norm=norm,
+        eps=eps,
+        step_size=step_size,
+        num_steps=num_steps,
+        loss=squared_error,
+        start="uniform" if random_start else "clean_first",
+        keep="best",
+        num_restarts=num_restarts,
+        bounds=bounds,
+        l1_sparsity=l1_sparsity,
+    )
+    return x + result.delta
 
-    def run(index, k):
-        rand = geometry.random_init(k, x, norm=norm, eps=eps, bounds=bounds)
-        zero_start = jnp.logical_and(index == 0, not random_start)
-        delta = jnp.where(zero_start, jnp.zeros_like(x), rand)
 
-        def body(_, carry):
-            delta, best, best_loss = carry
-            grad = jax.grad(lambda d: jnp.sum(per_example(x + d)))(delta)
-            step = geometry.ascent_direction(
-                grad, norm=norm, l1_sparsity=l1_sparsity, x_adv=x + delta, bounds=bounds
-            )
-            delta = geometry.project(delta + step_size * step, x, norm=norm, eps=eps, bounds=bounds)
-            loss = per_example(x + delta)
-            better = expand(loss > best_loss)
-            return delta, jnp.where(better, delta, best), jnp.maximum(loss, best_loss)
-
-        init = (delta, delta, per_example(x + delta))
-        _, best, best_loss = jax.lax.fori_loop(0, num_steps, body, init)
-        return best, best_loss
-
-    keys = jax.random.split(key, num_restarts)
-    deltas, losses = jax.vmap(run)(jnp.arange(num_restarts), keys)
-    winner = jnp.argmax(losses, axis=0)
-    best = jnp.take_along_axis(deltas, expand(winner)[None], axis=0)[0]
-    return x + best
+def squared_error(predictions: jax.Array, y: jax.Array, clean: jax.Array | None) -> jax.Array:
+    """Per-example ``(y - f(x'))^2``: the ascent core's callable loss for `squared_pgd`."""
+    del clean
+    return (y - predictions) ** 2
 
 
 def build_squared_at(cfg) -> Objective:
@@ -164,6 +165,7 @@ def build_squared_at(cfg) -> Objective:
                     step_size=v["step_size"] * scale,
                     num_steps=int(v["num_steps"]),
                     random_start=bool(v["random_start"]),
+                    num_restarts=int(v["num_restarts"]),
                     l1_sparsity=float(v["l1_sparsity"]),
                     bounds=tuple(forward.bounds),
                 )

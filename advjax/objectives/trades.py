@@ -2,9 +2,11 @@
 
 ``L = mean_i [ CE(f(x_i), y_i) + beta * max_{x'_i in B(x_i, eps)} KL(p(x_i) || p(x'_i)) ]``
 (Zhang et al. 2019, "Theoretically principled trade-off between robustness and
-accuracy", the TRADES objective). The inner maximisation starts at ``x + 0.001 * N(0, I)`` and runs
-PGD on the KL term with the model in evaluation mode and the clean distribution held
-fixed; the outer loss differentiates through both ``p(x)`` and ``p(x')``.
+accuracy", the TRADES objective). The inner maximisation is the ascent core
+(`advjax.attacks.ascent`) configured as the TRADES reference code: start at
+``x + 0.001 * N(0, I)`` (projected), PGD on the KL to the clean distribution (held
+fixed) with the model in evaluation mode, and the *last* iterate kept, not the best
+one. The outer loss differentiates through both ``p(x)`` and ``p(x')``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry, losses
+from advjax.attacks import Attack, build_attack
+from advjax.attacks.ascent import ascent
 from advjax.objectives import Objective
 from advjax.objectives.base import check_keys
 
 # Scale of the Gaussian start of the inner maximisation (Zhang et al.'s code): at
 # x' = x the KL term has zero gradient, so the ascent needs a nudge off the clean point.
 _INIT_SCALE = 0.001
+# The ascent-core options that make PGD the TRADES inner maximisation.
+_TRADES_ASCENT = dict(loss="kl", start="gaussian", start_scale=_INIT_SCALE)
 
 
 def trades_perturbation(
@@ -29,39 +35,66 @@ def trades_perturbation(
     key: jax.Array,
     *,
     norm: str = "linf",
-    eps: float,
-    step_size: float,
+    eps: float | jax.Array,
+    step_size: float | jax.Array,
     num_steps: int,
     bounds: tuple[float, float] = (0.0, 1.0),
 ) -> jax.Array:
-    """Inner maximisation of TRADES: PGD on ``KL(p(x) || p(x + delta))``.
+    """Inner maximisation of TRADES: PGD on ``KL(p(x) || p(x + delta))``, last iterate.
+
+    Zhang et al. 2019 (Algorithm 1 and the reference ``trades_loss``): ``delta_0 =
+    0.001 * N(0, I)`` projected to the threat model, then ``num_steps`` projected
+    steepest-ascent steps of length ``step_size`` on the KL to the (fixed) clean
+    prediction; the final iterate is returned, as in the reference code (no best-iterate
+    selection). The ascent core's Gaussian start draws one key per example from ``key``.
 
     Args:
       logits_fn: ``x -> logits`` (the model in evaluation mode).
       x: clean inputs.
       key: PRNG key for the Gaussian start.
       norm: threat model ('linf', 'l2' or 'l1'; Zhang et al. train with l_inf).
-      eps: radius.
-      step_size: PGD step length (in ``norm``).
+      eps: radius (may be traced).
+      step_size: PGD step length (in ``norm``; may be traced).
       num_steps: PGD iterations.
       bounds: input box.
 
     Returns:
       ``delta`` inside the threat model.
     """
-    clean_logits = jax.lax.stop_gradient(logits_fn(x))
-    delta = _INIT_SCALE * jax.random.normal(key, x.shape, x.dtype)
-    delta = geometry.project(delta, x, norm=norm, eps=eps, bounds=bounds)
+    labels = jnp.zeros((x.shape[0],), jnp.int32)  # KL needs no labels
+    return ascent(
+        logits_fn,
+        x,
+        labels,
+        key,
+        norm=norm,
+        eps=eps,
+        step_size=step_size,
+        num_steps=num_steps,
+        keep="last",
+        bounds=bounds,
+        **_TRADES_ASCENT,
+    ).delta
 
-    def summed_kl(d):
-        return jnp.sum(losses.kl_divergence(clean_logits, logits_fn(x + d)))
 
-    def step(_, d):
-        g = jax.grad(summed_kl)(d)
-        d = d + step_size * geometry.ascent_direction(g, norm=norm, x_adv=x + d, bounds=bounds)
-        return geometry.project(d, x, norm=norm, eps=eps, bounds=bounds)
+def trades_attack(*, norm: str, eps: float, step_size: float, num_steps: int) -> Attack:
+    """The registry 'pgd' `Attack` configured as `trades_perturbation` (same draws).
 
-    return jax.lax.fori_loop(0, num_steps, step, delta)
+    Called with ``eps_scale``, it scales the radius and the step length together (the
+    training eps ramp), in the one place the attack library does it.
+    """
+    return build_attack(
+        dict(
+            name="pgd",
+            norm=norm,
+            eps=eps,
+            step_size=step_size or None,  # 0 only with eps = 0: the default step, also 0
+            num_steps=num_steps,
+            num_restarts=1,
+            keep_best=False,
+            **_TRADES_ASCENT,
+        )
+    )
 
 
 def trades_loss(
@@ -90,9 +123,10 @@ def build_trades(objective_config) -> Objective:
     Args:
       objective_config: ``beta`` (>= 0, default 6.0) and ``attack`` with ``eps``,
         ``step_size``, ``num_steps`` and optional ``norm`` (default 'linf'); the inner
-        maximisation is always PGD on KL from the Gaussian start, so ``loss`` must be
-        'kl' if given and ``name``, ``random_start`` and ``num_restarts`` are ignored. ``eps`` and
-        ``step_size`` are multiplied by ``batch["eps_scale"]``; the input box is
+        maximisation is always PGD on KL from the Gaussian start keeping the last
+        iterate (`trades_attack`), so ``loss`` must be 'kl' if given and ``name``,
+        ``random_start`` and ``num_restarts`` are ignored. The attack call scales
+        ``eps`` and ``step_size`` by ``batch["eps_scale"]``; the input box is
         ``forward.bounds``.
 
     Returns:
@@ -115,28 +149,27 @@ def build_trades(objective_config) -> Objective:
     geometry.check_norm(norm, key="train.objective.attack.norm")
     eps, step_size = float(attack.eps), float(attack.step_size)
     num_steps = int(attack.num_steps)
-    for name, value in (("eps", eps), ("step_size", step_size), ("num_steps", num_steps)):
-        if value < 0:
-            raise ValueError(
-                f"config key 'train.objective.attack.{name}': must be >= 0; got {value}"
-            )
+    if eps < 0 or step_size < 0 or (step_size == 0 and eps > 0) or num_steps < 1:
+        raise ValueError(
+            "config keys 'train.objective.attack.eps'/'step_size'/'num_steps': need eps >= 0, "
+            f"step_size > 0 (0 only with eps = 0), num_steps >= 1; got {eps}, {step_size}, "
+            f"{num_steps}"
+        )
+    inner = trades_attack(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps)
 
     def loss_fn(params, forward, batch, key, carry):
         del carry
         x, y = batch["x"], batch["y"]
-        scale = batch.get("eps_scale", 1.0)
-        delta = trades_perturbation(
+        x_adv = inner(
             lambda inputs: forward.eval(jax.lax.stop_gradient(params), inputs),
             x,
+            y,
             key,
-            norm=norm,
-            eps=eps * scale,
-            step_size=step_size * scale,
-            num_steps=num_steps,
             bounds=forward.bounds,
+            eps_scale=batch.get("eps_scale"),
         )
         logits_clean, state = forward.train(params, x)
-        logits_adv, _ = forward.train(params, x + jax.lax.stop_gradient(delta))
+        logits_adv, _ = forward.train(params, jax.lax.stop_gradient(x_adv))
         loss, terms = trades_loss(logits_clean, logits_adv, y, beta=beta)
         metrics = {
             "loss": loss,
