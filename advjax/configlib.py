@@ -348,6 +348,11 @@ def _validate(config) -> None:
             t.divergence.window >= 1, "train.divergence.window", t.divergence.window, "must be >= 1"
         )
     _check_devices(t)
+    if t.get("tensorboard", False) and importlib.util.find_spec("tensorboardX") is None:
+        raise ConfigError(
+            "config key 'train.tensorboard': True needs the tensorboardX package "
+            "(pip install tensorboardX); or set it to False"
+        )
     if t.val_attack.name != "none":
         check_attack_config(t.val_attack, key="train.val_attack")
     if "attack" in t.objective:

@@ -19,6 +19,7 @@ import numpy as np
 
 from advjax import checkpoints, configlib, data, training
 from advjax.configlib import claim_workdir, load_config, validate
+from advjax.objectives import build_objective
 from advjax.training import TrainedModel
 
 __all__ = [
@@ -95,7 +96,7 @@ def load_trained(workdir: str, *, best: bool = False) -> TrainedModel:
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
     )
     try:
-        state, meta = ckpt.restore(target, best=best)
+        state, meta = ckpt.restore(target, best=best, fallback=True)
     finally:
         ckpt.close()
     params = state.ema_params if state.ema_params is not None else state.params
@@ -132,11 +133,11 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
     return section
 
 
-def evaluate_run(config, workdir: str) -> dict:
+def evaluate_run(config, workdir: str, *, dataset: data.Dataset | None = None) -> dict:
     """``--mode eval``: evaluates the run's last (or best) checkpoint with ``config.eval``
     and writes the ``eval`` section of ``report.json``, naming the step it evaluated."""
     model = load_trained(workdir, best=config.eval.use_best)
-    dataset = data.load_dataset(config.data)
+    dataset = dataset if dataset is not None else data.load_dataset(config.data)
     report = read_report(workdir) or {}
     report["eval"] = evaluate_model(config, model, dataset, workdir)
     report["eval"]["evaluated_step"] = model.step
@@ -205,6 +206,7 @@ def train_and_evaluate(
         "eval_wall_seconds": time.time() - start,
         "devices": [str(d) for d in jax.local_devices()],
     }
+    checkpoints.kill_point("during_eval")
     write_json(os.path.join(workdir, "report.json"), report)
     return report
 

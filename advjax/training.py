@@ -27,10 +27,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
 from advjax import checkpoints, configlib, data, models, optim
 from advjax.objectives import Forward, Objective, build_objective
+from advjax.progress import progress_bar
 
 
 class TrainingDivergedError(RuntimeError):
@@ -420,7 +420,13 @@ def train(
     meta: dict = {"finished": False, "best": None, "best_step": None, "stopped_early": False}
     start_step = 0
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
+        try:
+            state, meta = ckpt.restore(state, fallback=True)
+        except checkpoints.DamagedCheckpointError:
+            pass  # Every checkpoint is damaged: start again from step 0 (same result).
+        for bad in ckpt.damaged:
+            moved = ckpt.quarantine(bad)
+            checkpoints.warn(f"the damaged checkpoint of step {bad} is kept in {moved}")
         start_step = int(state.step)
         records = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= start_step]
         _write_jsonl(metrics_path, records)
@@ -453,9 +459,15 @@ def train(
     eval_every = config.train.eval_every_steps or s.steps_per_epoch
     schedule = optim.make_schedule(config.train.optimizer, total_steps=s.total_steps)
 
+    tensorboard = _tensorboard_writer(config, workdir, start_step)
+
     def log(record: dict) -> None:
         with open(metrics_path, "a") as f:
             f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        if tensorboard is not None:
+            for k, v in record.items():
+                if k not in ("step", "epoch") and isinstance(_jsonable(v), (int, float)):
+                    tensorboard.add_scalar(k, float(v), record["step"])
 
     def periodic_eval(step: int) -> dict:
         model = trained_model(s, state)
@@ -474,13 +486,12 @@ def train(
     guard.last_good = ckpt.latest_step()
     pending = None  # Metrics of the step in flight: fetched after the next dispatch.
     window_start, window_examples = time.time(), 0
-    bar = tqdm(
+    bar = progress_bar(
         total=s.total_steps,
         initial=start_step,
-        disable=not show_progress(config),
+        enabled=bool(config.train.progress),
         desc=f"train {config.train.objective.name}",
         unit="step",
-        dynamic_ncols=True,
     )
     step = start_step
     try:
@@ -532,11 +543,16 @@ def train(
                         f"the best checkpoint is the result."
                     )
             done = step == s.total_steps or meta["stopped_early"]
+            if is_best:
+                # The best checkpoint commits before the last one: the last one may carry
+                # the "finished" mark, and a run killed between the two commits must resume
+                # (and replay this step) rather than evaluate a stale best checkpoint.
+                save(step, finished=done, best=True)
+                ckpt.wait()
+                checkpoints.kill_point("between_best_and_last", step)
             if boundary_ckpt or is_best or done:
                 save(step, finished=done)
                 guard.last_good = step
-            if is_best:
-                save(step, finished=done, best=True)
             bar.update(1)
             if meta["stopped_early"]:
                 break
@@ -544,6 +560,8 @@ def train(
             guard.check_metrics(*pending)
     finally:
         bar.close()
+        if tensorboard is not None:
+            tensorboard.close()
         ckpt.wait()
 
     model = trained_model(s, state)
@@ -568,9 +586,17 @@ def train(
     return TrainResult(model=model, best_model=best_model, summary=summary)
 
 
-def show_progress(config) -> bool:
-    """Progress bars are on unless ``train.progress`` is off or ADVJAX_PROGRESS=0."""
-    return bool(config.train.progress) and os.environ.get("ADVJAX_PROGRESS", "1") != "0"
+def _tensorboard_writer(config, workdir: str, start_step: int):
+    """A TensorBoard event writer in ``workdir`` (next to metrics.jsonl) when
+    ``config.train.tensorboard`` is on (tensorboardX: no TensorFlow needed); None otherwise.
+
+    A resumed run purges the events an interrupted attempt wrote after ``start_step``.
+    """
+    if not config.train.get("tensorboard", False):
+        return None
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(logdir=workdir, purge_step=start_step + 1 if start_step else None)
 
 
 class DivergenceGuard:

@@ -95,15 +95,16 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     json.dump(cfg, open(other / "config.json", "w"))
     with pytest.raises(checkpoints.CheckpointError, match="does not match this config"):
         runs.load_trained(str(other))
-    # A damaged checkpoint is reported as damaged.
+    # Damaged checkpoints (all of them: a damaged latest one falls back, see
+    # test_resume.py) are reported as damaged.
     damaged = tmp_path / "damaged"
     shutil.copytree(tmp_path / "run", damaged)
-    for root, _, files in os.walk(damaged / "checkpoints" / str(step)):
+    for root, _, files in os.walk(damaged / "checkpoints"):
         for f in files:
             path = os.path.join(root, f)
             with open(path, "r+b") as fh:
                 fh.truncate(max(os.path.getsize(path) // 3, 1))
-    with pytest.raises(checkpoints.CheckpointError, match="damaged|could not be restored"):
+    with pytest.raises(checkpoints.CheckpointError, match=f"every checkpoint .* damaged.*{step}"):
         runs.load_trained(str(damaged))
 
 

@@ -232,3 +232,42 @@ def test_adam_at_1e6_stops_with_a_message_and_keeps_a_finite_checkpoint(tmp_path
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(model.variables))
     x = data.load_dataset(config.data).test_x[:100]
     assert np.isfinite(np.asarray(model.logits_fn(x))).all()
+
+
+def _read_events(workdir) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} of every TensorBoard event file in ``workdir`` (TFRecord
+    framing: uint64 length, uint32 crc, payload, uint32 crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float]] = {}
+    for name in sorted(os.listdir(workdir)):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        with open(os.path.join(workdir, name), "rb") as f:
+            raw = f.read()
+        pos = 0
+        while pos < len(raw):
+            (length,) = struct.unpack("<Q", raw[pos : pos + 8])
+            event = event_pb2.Event.FromString(raw[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = value.simple_value
+    return out
+
+
+def test_tensorboard_events_next_to_metrics_hold_the_logged_values(tmp_path):
+    config = tiny_config(num_epochs=1.0)
+    config.train.tensorboard = True
+    runs.train_and_evaluate(config, str(tmp_path), dataset=blob_images())
+    events = _read_events(str(tmp_path))
+    records = runs.read_metrics(str(tmp_path))
+    losses = {r["step"]: r["loss"] for r in records if "loss" in r}
+    vals = {r["step"]: r["val_accuracy"] for r in records if "val_accuracy" in r}
+    assert losses and vals
+    assert set(events["loss"]) == set(losses) and set(events["val_accuracy"]) == set(vals)
+    for step, loss in losses.items():
+        assert events["loss"][step] == pytest.approx(loss, rel=1e-6)
+    for step, acc in vals.items():
+        assert events["val_accuracy"][step] == pytest.approx(acc, rel=1e-6)
