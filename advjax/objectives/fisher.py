@@ -10,7 +10,7 @@ F(x) scaled to the ball, and the penalty pushes the largest Fisher eigenvalues d
 
 It is TRADES (Zhang et al. 2019) with a uniform start and the KL-maximising iterate kept
 (the registry 'pgd' `Attack` with ``loss='kl'``, ``start='uniform'``, ``keep_best=True``,
-`fisher_attack`) instead of TRADES's Gaussian start and last iterate;
+`advjax.objectives.trades.kl_attack`) instead of TRADES's Gaussian start and last iterate;
 `advjax.analysis.information.kl_worst_case` solves the same inner problem for the
 analysis, through the same ascent core.
 """
@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry, losses
-from advjax.attacks import Attack, build_attack
 from advjax.objectives import Objective
+from advjax.objectives.trades import kl_attack
 
 _ALLOWED_KEYS = {"beta", "attack"}
 _ATTACK_KEYS = {
@@ -51,24 +51,6 @@ def fisher_kl_loss(
     return natural + beta * fisher, {"loss_natural": natural, "loss_fisher": fisher}
 
 
-def fisher_attack(*, norm: str, eps: float, step_size: float, num_steps: int) -> Attack:
-    """Shi et al.'s inner maximisation as a registry 'pgd' `Attack`: PGD on the KL to the
-    clean prediction from a uniform start, keeping the KL-maximising iterate."""
-    return build_attack(
-        dict(
-            name="pgd",
-            norm=norm,
-            eps=eps,
-            step_size=step_size or None,  # 0 only with eps = 0: the default step, also 0
-            num_steps=num_steps,
-            loss="kl",
-            start="uniform",
-            num_restarts=1,
-            keep_best=True,
-        )
-    )
-
-
 def build_fisher_kl(objective_config) -> Objective:
     """The Fisher-regularised objective of Shi et al. as an `advjax.objectives.Objective`.
 
@@ -77,9 +59,9 @@ def build_fisher_kl(objective_config) -> Objective:
       attack: inner maximisation: ``eps``, ``step_size``, ``num_steps`` and optional
         ``norm`` (default 'linf') and ``bounds`` (default the model's input box). Other
         attack-config keys (``name``, ``loss``, ...) are accepted and ignored: the inner
-        problem is always KL ascent from a uniform start (`fisher_attack`), run on the
-        eval-mode model; the attack call scales ``eps`` and ``step_size`` by
-        ``batch["eps_scale"]``.
+        problem is always KL ascent from a uniform start keeping the best iterate
+        (`advjax.objectives.trades.kl_attack`), run on the eval-mode model; the attack
+        call scales ``eps`` and ``step_size`` by ``batch["eps_scale"]``.
 
     The clean and the KL-maximising batches go through the model in two train-mode calls;
     the BatchNorm statistics returned are those of the clean call.
@@ -122,7 +104,14 @@ def build_fisher_kl(objective_config) -> Objective:
             )
     if step_size == 0 and eps > 0:
         raise ValueError("config key 'train.objective.attack.step_size': must be > 0 when eps > 0")
-    inner = fisher_attack(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps)
+    inner = kl_attack(
+        norm=norm,
+        eps=eps,
+        step_size=step_size,
+        num_steps=num_steps,
+        start="uniform",
+        keep_best=True,
+    )
     config_bounds = attack.get("bounds", None)
 
     def loss_fn(params, forward, batch, key, carry):

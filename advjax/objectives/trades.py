@@ -25,8 +25,6 @@ from advjax.objectives.base import check_keys
 # Scale of the Gaussian start of the inner maximisation (Zhang et al.'s code): at
 # x' = x the KL term has zero gradient, so the ascent needs a nudge off the clean point.
 _INIT_SCALE = 0.001
-# The ascent-core options that make PGD the TRADES inner maximisation.
-_TRADES_ASCENT = dict(loss="kl", start="gaussian", start_scale=_INIT_SCALE)
 
 
 def trades_perturbation(
@@ -71,17 +69,30 @@ def trades_perturbation(
         eps=eps,
         step_size=step_size,
         num_steps=num_steps,
+        loss="kl",
+        start="gaussian",
+        start_scale=_INIT_SCALE,
         keep="last",
         bounds=bounds,
-        **_TRADES_ASCENT,
     ).delta
 
 
-def trades_attack(*, norm: str, eps: float, step_size: float, num_steps: int) -> Attack:
-    """The registry 'pgd' `Attack` configured as `trades_perturbation` (same draws).
+def kl_attack(
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    num_steps: int,
+    start: str = "gaussian",
+    keep_best: bool = False,
+) -> Attack:
+    """PGD on ``KL(p(x) || p(x'))`` as a registry 'pgd' `Attack`.
 
-    Called with ``eps_scale``, it scales the radius and the step length together (the
-    training eps ramp), in the one place the attack library does it.
+    The defaults are TRADES' inner maximisation, `trades_perturbation` (Gaussian start of
+    scale 0.001, last iterate; same draws); the Fisher/KL objective takes
+    ``start='uniform'``, ``keep_best=True``. Called with ``eps_scale``, the attack
+    scales the radius and the step length together (the training eps ramp), in the one
+    place the attack library does it.
     """
     return build_attack(
         dict(
@@ -91,8 +102,10 @@ def trades_attack(*, norm: str, eps: float, step_size: float, num_steps: int) ->
             step_size=step_size or None,  # 0 only with eps = 0: the default step, also 0
             num_steps=num_steps,
             num_restarts=1,
-            keep_best=False,
-            **_TRADES_ASCENT,
+            loss="kl",
+            start=start,
+            start_scale=_INIT_SCALE,
+            keep_best=keep_best,
         )
     )
 
@@ -124,7 +137,7 @@ def build_trades(objective_config) -> Objective:
       objective_config: ``beta`` (>= 0, default 6.0) and ``attack`` with ``eps``,
         ``step_size``, ``num_steps`` and optional ``norm`` (default 'linf'); the inner
         maximisation is always PGD on KL from the Gaussian start keeping the last
-        iterate (`trades_attack`), so ``loss`` must be 'kl' if given and ``name``,
+        iterate (`kl_attack`), so ``loss`` must be 'kl' if given and ``name``,
         ``random_start`` and ``num_restarts`` are ignored. The attack call scales
         ``eps`` and ``step_size`` by ``batch["eps_scale"]``; the input box is
         ``forward.bounds``.
@@ -155,7 +168,7 @@ def build_trades(objective_config) -> Objective:
             f"step_size > 0 (0 only with eps = 0), num_steps >= 1; got {eps}, {step_size}, "
             f"{num_steps}"
         )
-    inner = trades_attack(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps)
+    inner = kl_attack(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps)
 
     def loss_fn(params, forward, batch, key, carry):
         del carry
