@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from advjax.analysis import equal_strength
 from advjax.analysis import interactions as itx
+from advjax.attacks import equal_strength
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic games

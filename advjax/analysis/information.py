@@ -50,8 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax import geometry
 from advjax.analysis.mutual_information import chunked_map
+from advjax.attacks.ascent import ascent
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -310,35 +310,21 @@ def fisher_top_eigenpair(
 
 def _kl_ascent(logits_fn, x, keys, *, norm, eps, step_size, num_steps, bounds):
     """Projected KL ascent with one PRNG key per example (see `kl_worst_case`)."""
-    clean_logits = jax.lax.stop_gradient(logits_fn(x))
-    delta = jax.vmap(
-        lambda k, xi: geometry.random_init(k, xi[None], norm=norm, eps=eps, bounds=bounds)[0]
-    )(keys, x)
-
-    def objective(d):
-        kl = categorical_kl(clean_logits, logits_fn(x + d))
-        return jnp.sum(kl), kl
-
-    grad_fn = jax.grad(objective, has_aux=True)
-    expand = (slice(None),) + (None,) * (x.ndim - 1)
-
-    def keep_better(d, kl, best_d, best_kl):
-        better = kl > best_kl
-        return jnp.where(better[expand], d, best_d), jnp.where(better, kl, best_kl)
-
-    def body(_, carry):
-        d, best_d, best_kl = carry
-        g, kl = grad_fn(d)
-        best_d, best_kl = keep_better(d, kl, best_d, best_kl)
-        d = d + step_size * geometry.ascent_direction(g, norm=norm)
-        return geometry.project(d, x, norm=norm, eps=eps, bounds=bounds), best_d, best_kl
-
-    init = (delta, delta, jnp.full((x.shape[0],), -jnp.inf, x.dtype))
-    d, best_d, best_kl = jax.lax.fori_loop(0, num_steps, body, init)
-    best_d, best_kl = keep_better(
-        d, categorical_kl(clean_logits, logits_fn(x + d)), best_d, best_kl
+    result = ascent(
+        logits_fn,
+        x,
+        jnp.zeros((x.shape[0],), jnp.int32),  # the KL needs no labels
+        keys,
+        norm=norm,
+        eps=eps,
+        step_size=step_size,
+        num_steps=num_steps,
+        loss="kl",
+        start="uniform",
+        keep="best",
+        bounds=bounds,
     )
-    return x + best_d, best_kl
+    return x + result.delta, result.loss
 
 
 def kl_worst_case(
@@ -358,8 +344,10 @@ def kl_worst_case(
     The gradient of the KL vanishes at x' = x (its minimum), so the ascent starts from a
     uniform random point of the ball (Shi et al.'s LinfFisherSolver: uniform start, signed
     steps for l_inf, projection to the ball and the box each step). The iterate with the
-    largest KL seen (including the last) is returned per example. One key per example is
-    split from ``key``, so the result does not depend on ``chunk_size``.
+    largest KL seen (including the last) is returned per example: the ascent core
+    (`advjax.attacks.ascent.ascent`) with ``loss='kl'``, ``start='uniform'``,
+    ``keep='best'``. One key per example is split from ``key``, so the result does not
+    depend on ``chunk_size``.
 
     Args:
       logits_fn: batched model, x -> logits.
@@ -466,43 +454,39 @@ def sample_between_class_pairs(
 
 
 def _merge_descent(logits_fn, xa, xb, *, norm, eps, step_size, num_steps, bounds):
-    """min over (da, db) in the threat model of KL(p(xa + da) || p(xb + db)), per pair."""
+    """min over (da, db) in the threat model of KL(p(xa + da) || p(xb + db)), per pair.
+
+    Ascent on the negative pairwise KL of the concatenated batch ``[xa; xb]`` (each half
+    perturbed inside its own ball), from the clean points (``start='none'``), keeping
+    the best iterate; both rows of a pair carry the pair's value, so they keep the same
+    iterate. Returns (clean KL, minimised KL) per pair.
+    """
     m = xa.shape[0]
 
-    def kl_of(da, db):
-        logits = logits_fn(jnp.concatenate([xa + da, xb + db]))
+    def pair_kl(logits):
         return categorical_kl(logits[:m], logits[m:])
 
-    def objective(d):
-        kl = kl_of(*d)
-        return jnp.sum(kl), kl
+    def neg_pair_kl(logits, labels, clean_logits):
+        del labels, clean_logits
+        kl = pair_kl(logits)
+        return -jnp.concatenate([kl, kl])
 
-    grad_fn = jax.grad(objective, has_aux=True)
-
-    def body(_, carry):
-        da, db, best = carry
-        (ga, gb), kl = grad_fn((da, db))
-        best = jnp.minimum(best, kl)
-        da = geometry.project(
-            da - step_size * geometry.ascent_direction(ga, norm=norm),
-            xa,
-            norm=norm,
-            eps=eps,
-            bounds=bounds,
-        )
-        db = geometry.project(
-            db - step_size * geometry.ascent_direction(gb, norm=norm),
-            xb,
-            norm=norm,
-            eps=eps,
-            bounds=bounds,
-        )
-        return da, db, best
-
-    zeros = jnp.zeros_like(xa)
-    clean = kl_of(zeros, zeros)
-    da, db, best = jax.lax.fori_loop(0, num_steps, body, (zeros, zeros, clean))
-    return clean, jnp.minimum(best, kl_of(da, db))
+    x = jnp.concatenate([xa, xb])
+    result = ascent(
+        logits_fn,
+        x,
+        jnp.zeros((2 * m,), jnp.int32),
+        jax.random.key(0),  # unused: the start is deterministic
+        norm=norm,
+        eps=eps,
+        step_size=step_size,
+        num_steps=num_steps,
+        loss=neg_pair_kl,
+        start="none",
+        keep="best",
+        bounds=bounds,
+    )
+    return pair_kl(logits_fn(x)), -result.loss[:m]
 
 
 def pairwise_robust_decomposition(
@@ -523,7 +507,8 @@ def pairwise_robust_decomposition(
 
     For a between-class pair (x, x'), an adversary perturbs both inside B_eps to make the
     predictions agree, minimising KL(p(x + delta) || p(x' + delta')) by projected descent
-    from delta = delta' = 0 (the best iterate is kept, so 0 <= R <= M per pair):
+    from delta = delta' = 0 (the ascent core on the negative KL; the best iterate is kept,
+    so 0 <= R <= M per pair):
     R_pair = E_{y != y'} min_{delta, delta'} KL(p(x + delta) || p(x' + delta')) and
     N_pair = M_pair - R_pair, the part of the class separation that perturbations inside
     B_eps can erase. Unlike `robust_decomposition`, a confidently wrong worst case does not

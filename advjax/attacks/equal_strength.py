@@ -5,6 +5,10 @@ lower the true-class logit by the same amount: untargeted PGD on the cross-entro
 the drop z_y(x) - z_y(x_adv) lies in a band (lo, hi] (the reference code uses (8, 8.5]); a
 step that overshoots past hi is undone and retried with half the step size. Each example
 keeps its own step size and stops on its own; the batch is processed in one compiled loop.
+
+The start and the step are the ascent core's primitives (`advjax.attacks.ascent`:
+`start_delta` with ``start='gaussian'``, `ascent_step`); only the stopping rule, which
+the core's fixed-length loop does not have, lives here.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry
+from advjax.attacks import example_keys
+from advjax.attacks.ascent import ascent_step, expand, start_delta
 
 
 class EqualStrengthResult(NamedTuple):
@@ -27,10 +33,6 @@ class EqualStrengthResult(NamedTuple):
     in_band: jax.Array  # [B] bool, lo < drop <= hi
     steps: jax.Array  # [B] int, iterations spent (accepted and retried steps)
     step_size: jax.Array  # [B] final step size after halvings
-
-
-def _expand(v: jax.Array, like: jax.Array) -> jax.Array:
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 @functools.partial(
@@ -54,11 +56,14 @@ def equal_strength_pgd(
 ) -> EqualStrengthResult:
     """PGD that stops when the true-class logit drop reaches ``band`` (Ren et al., Sec. 4).
 
-    Starts at x + init_std * N(0, 1) (as the reference ``attack_magnitude_untarget``), then
-    repeats: take a step of the current size along the steepest ascent of the cross-entropy
-    and project onto the eps-ball and the box; if the drop z_y(x) - z_y(candidate) exceeds
-    hi, reject the candidate and halve the step; otherwise accept it and stop once the drop
-    exceeds lo. Every iteration (accepted or retried) counts towards ``max_steps``.
+    Starts at x + init_std * N(0, 1) projected to the threat model (as the reference
+    ``attack_magnitude_untarget``; `start_delta` with ``start='gaussian'``, one key per
+    example from ``key``), then repeats: take a step of the current size along the
+    steepest ascent of the cross-entropy, projected onto the eps-ball and the box
+    (`ascent_step`); if the drop z_y(x) - z_y(candidate) exceeds hi, reject the candidate
+    and halve the step; otherwise accept it and stop once the drop exceeds lo. Every
+    iteration (accepted or retried) counts towards ``max_steps``; the loop ends when all
+    examples have stopped or the budget is spent.
 
     Args:
       logits_fn: batched eval-mode model x -> logits [B, K].
@@ -84,22 +89,30 @@ def equal_strength_pgd(
     x = jnp.asarray(x, jnp.float32)
     batch = x.shape[0]
     rows = jnp.arange(batch)
+    radius = jnp.full((batch,), eps, x.dtype)
     z_clean = logits_fn(x)[rows, y]
 
-    def loss_and_true_logit(xa: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = logits_fn(xa)
+    def loss_and_true_logit(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = logits_fn(x + delta)
         ce = jax.nn.logsumexp(logits, axis=-1) - logits[rows, y]
         return jnp.sum(ce), logits[rows, y]
 
     grad_fn = jax.grad(loss_and_true_logit, has_aux=True)
 
-    noise = init_std * jax.random.normal(key, x.shape, x.dtype)
-    x0 = x + geometry.project(noise, x, norm=norm, eps=eps, bounds=bounds)
-    g0, z0 = grad_fn(x0)
+    d0 = start_delta(
+        example_keys(key, batch),
+        x,
+        radius,
+        start="gaussian",
+        norm=norm,
+        bounds=bounds,
+        start_scale=init_std,
+    )
+    g0, z0 = grad_fn(d0)
     drop0 = z_clean - z0
     state = (
         jnp.int32(0),
-        x0,
+        d0,
         g0,
         drop0,
         jnp.full((batch,), step_size, jnp.float32),
@@ -112,20 +125,18 @@ def equal_strength_pgd(
         return (it < max_steps) & ~jnp.all(done)
 
     def body(state):
-        it, xa, grad, drop, step, done, steps = state
-        direction = geometry.ascent_direction(grad, norm=norm, x_adv=xa, bounds=bounds)
-        delta = xa - x + _expand(step, xa) * direction
-        cand = x + geometry.project(delta, x, norm=norm, eps=eps, bounds=bounds)
+        it, delta, grad, drop, step, done, steps = state
+        cand = ascent_step(delta, grad, x, step, norm=norm, eps=radius, bounds=bounds)
         cand_grad, z = grad_fn(cand)
         cand_drop = z_clean - z
         active = ~done
         accept = active & (cand_drop <= hi)
-        xa = jnp.where(_expand(accept, xa), cand, xa)
-        grad = jnp.where(_expand(accept, grad), cand_grad, grad)
+        delta = jnp.where(expand(accept, delta), cand, delta)
+        grad = jnp.where(expand(accept, grad), cand_grad, grad)
         drop = jnp.where(accept, cand_drop, drop)
         step = jnp.where(active & ~accept, step / 2, step)
         done = done | (accept & (cand_drop > lo))
-        return it + 1, xa, grad, drop, step, done, steps + active.astype(jnp.int32)
+        return it + 1, delta, grad, drop, step, done, steps + active.astype(jnp.int32)
 
-    _, xa, _, drop, step, done, steps = jax.lax.while_loop(cond, body, state)
-    return EqualStrengthResult(xa, drop, done, steps, step)
+    _, delta, _, drop, step, done, steps = jax.lax.while_loop(cond, body, state)
+    return EqualStrengthResult(x + delta, drop, done, steps, step)
