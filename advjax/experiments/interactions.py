@@ -15,7 +15,7 @@ differences between x and x_adv and between models are paired). It writes
    strength, larger low-order strength relative to its mean over orders, a higher
    low-order disentanglement ratio).
 
-The math lives in `advjax.analysis.interactions` and `advjax.analysis.equal_strength`.
+The math lives in `advjax.analysis.interactions` and `advjax.attacks.equal_strength`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from advjax import data, plots, registry
-from advjax.analysis import equal_strength
 from advjax.analysis import interactions as itx
+from advjax.attacks import equal_strength
 from advjax.experiments import AnalysisError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
