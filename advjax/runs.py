@@ -19,7 +19,6 @@ import numpy as np
 
 from advjax import checkpoints, configlib, data, training
 from advjax.configlib import claim_workdir, load_config, validate
-from advjax.objectives import build_objective
 from advjax.training import TrainedModel
 
 __all__ = [
