@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from advjax import data, plots, registry
 from advjax.analysis import interactions as itx
 from advjax.attacks import equal_strength
 from advjax.experiments import AnalysisError
+from advjax.progress import progress_bar
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAIR_KINDS = ("neighbour", "random")
@@ -291,7 +291,7 @@ def compute_interactions(
         labels = np.asarray(y)
         if a.label == "adv_prediction":
             labels = np.asarray(jnp.argmax(fn(jnp.asarray(x_adv[name])), axis=-1))
-        for k in tqdm(range(len(x)), desc=f"interactions [{name}]", unit="img"):
+        for k in progress_bar(range(len(x)), desc=f"interactions [{name}]", unit="img"):
             pairs = itx.sample_pairs(
                 jax.random.fold_in(key_pairs, k),
                 grid,
