@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -29,11 +27,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from advjax import geometry, losses
 from advjax.attacks import ATTACKS, Attack, build_attack, name_id
 from advjax.models import Model, as_model
+from advjax.progress import progress_bar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 ModelLike = Model | LogitsFn
@@ -184,9 +182,9 @@ def _bound(model: Model, model_key: jax.Array) -> LogitsFn:
     return model.bind(model_key if model.takes_key else None)
 
 
-def _outcome(attack: Attack, model: Model, x, y, keys, model_key, bounds):
+def _outcome(attack: Attack, model: Model, x, y, keys, model_key, bounds, eps=None):
     logits_fn = _bound(model, model_key)
-    x_adv = attack(logits_fn, x, y, keys, bounds=bounds)
+    x_adv = attack(logits_fn, x, y, keys, bounds=bounds, eps=eps)
     correct = jnp.argmax(logits_fn(x_adv), axis=1) == y
     pert = geometry.lp_norm(x_adv - x, norm=attack.norm)
     lo, hi = bounds
@@ -199,9 +197,12 @@ def _outcome(attack: Attack, model: Model, x, y, keys, model_key, bounds):
 # key is (attack config, architecture, shapes), so evaluating another model of the same
 # architecture, or calling `evaluate` again, compiles nothing new.
 @functools.partial(jax.jit, static_argnames=("attack", "bounds"))
-def attack_outcome(attack: Attack, model: Model, x, y, keys, model_key, *, bounds):
-    """``(correct_adv, pert_norm, in_box)`` per example of one attack on one batch."""
-    return _outcome(attack, model, x, y, keys, model_key, bounds)
+def attack_outcome(attack: Attack, model: Model, x, y, keys, model_key, *, bounds, eps=None):
+    """``(correct_adv, pert_norm, in_box)`` per example of one attack on one batch.
+
+    ``eps`` (traced) overrides the attack's radius, e.g. for a sweep in a Python loop.
+    """
+    return _outcome(attack, model, x, y, keys, model_key, bounds, eps)
 
 
 @functools.partial(jax.jit, static_argnames=("attack", "bounds"))
@@ -246,11 +247,46 @@ def sweep_outcome(attack: Attack, model: Model, x, y, keys, model_key, eps_grid,
     return jax.lax.map(one, eps_grid, batch_size=chunk_size)
 
 
-def progress_enabled(requested: bool) -> bool:
-    """Bars only when asked for, not silenced by ADVJAX_PROGRESS=0, and on a terminal."""
-    if not requested or os.environ.get("ADVJAX_PROGRESS", "1") == "0":
-        return False
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+def accuracy(
+    model: ModelLike,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    attack: Attack | None = None,
+    key: jax.Array | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    eps: float | None = None,
+    batch_size: int = 256,
+) -> float:
+    """Accuracy of ``model`` on ``(x, y)``, clean or under ``attack`` (at ``eps``).
+
+    The shared kit of experiments that need one number: every batch runs the same
+    compiled programs as `evaluate` (per-example keys ``fold_in(key, i)``, padded last
+    batch), so models of one architecture compile once. Unlike `evaluate`, clean
+    mistakes are not excluded first: this is the accuracy on ``attack``'s outputs.
+    """
+    model = as_model(model)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y)
+    n = int(x.shape[0])
+    if n == 0:
+        raise ValueError("accuracy: no examples")
+    bounds = (float(bounds[0]), float(bounds[1]))
+    key = jax.random.key(0) if key is None else key
+    runner = _Runner(x, y, min(batch_size, n), None, jax.random.fold_in(key, 0x3A7))
+    if attack is None:
+        correct = runner.run(
+            lambda xb, yb, mk: clean_correct_batch(model, xb, yb, mk), np.arange(n)
+        )
+        return float(np.mean(correct[0]))
+    keys = _example_keys(key, 0, n)
+    e = None if eps is None else jnp.float32(eps)
+    correct = runner.run(
+        lambda xb, yb, kb, mk: attack_outcome(attack, model, xb, yb, kb, mk, bounds=bounds, eps=e),
+        np.arange(n),
+        keys,
+    )
+    return float(np.mean(correct[0]))
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -367,9 +403,7 @@ def _mean(a: np.ndarray) -> Any:
 
 
 def _new_bar(cfg, total: int):
-    return tqdm(
-        total=total, desc="evaluate", unit="ex", disable=not progress_enabled(cfg["progress"])
-    )
+    return progress_bar(total=total, desc="evaluate", unit="ex", enabled=cfg["progress"])
 
 
 def evaluate(

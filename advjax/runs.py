@@ -19,6 +19,7 @@ import numpy as np
 
 from advjax import checkpoints, configlib, data, training
 from advjax.configlib import claim_workdir, load_config, validate
+from advjax.objectives import build_objective
 from advjax.training import TrainedModel
 
 __all__ = [
@@ -119,7 +120,7 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
         return _evaluate_regression(config, model, dataset)
     section = evaluation.evaluate(
         config.eval,
-        model.logits_fn,
+        model.model,
         dataset.test_x,
         dataset.test_y,
         key=jax.random.fold_in(jax.random.key(config.seed), 7),
@@ -179,6 +180,9 @@ def _train(config, workdir: str, eval_hook=None, dataset=None):
     os.makedirs(workdir, exist_ok=True)
     claim_workdir(config, workdir)
     write_json(os.path.join(workdir, "dataset_info.json"), dataset.info.to_dict())
+    objective = build_objective(config.train.objective)
+    if objective.prepare is not None:
+        objective.prepare(dataset, load_model=lambda wd: load_trained(wd).model)
     start = time.time()
     result = training.train(config, workdir, eval_hook=eval_hook, dataset=dataset)
     return dataset, result, time.time() - start

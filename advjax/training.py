@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -71,6 +72,11 @@ class TrainedModel:
     def logits_fn(self, x: jax.Array) -> jax.Array:
         """Eval-mode logits; a pure function of ``x`` (BatchNorm statistics frozen)."""
         return self.module.apply(self.variables, x, train=False)
+
+    @property
+    def model(self) -> models.Model:
+        """The model as data (`advjax.models.Model`): what attacks and analyses take."""
+        return models.eval_model(self.module, self.variables)
 
 
 def make_forward(
@@ -307,31 +313,46 @@ def validation_split(s: Setup) -> tuple[np.ndarray, np.ndarray, str]:
     return s.dataset.test_x[:n], s.dataset.test_y[:n], "test_subset"
 
 
+@functools.partial(jax.jit, static_argnames=("attack", "bounds", "classification"))
+def _validation_stats(attack, model: models.Model, x, y, key, *, bounds, classification):
+    """Summed clean (and robust) correctness of one validation batch.
+
+    Module level with the attack static and the model as data: every run of one
+    architecture and validation attack shares the compiled program.
+    """
+    logits = model(x)
+    if not classification:
+        return {"val_mse": jnp.sum((logits[:, 0] - y) ** 2)}
+    out = {"val_accuracy": jnp.sum(jnp.argmax(logits, -1) == y)}
+    if attack is not None:
+        x_adv = attack(model, x, y, key, bounds=bounds)
+        out["val_robust_accuracy"] = jnp.sum(jnp.argmax(model(x_adv), -1) == y)
+    return out
+
+
 def make_validator(s: Setup) -> Callable[[TrainedModel, jax.Array], dict]:
     """Clean and (cheap) robust accuracy on the validation split, jitted per batch."""
-    from advjax.attacks import ATTACKS
+    from advjax.attacks import build_attack
 
     x_val, y_val, source = validation_split(s)
     val_attack = s.config.train.val_attack
     attack = None
     if val_attack.name != "none":
-        attack = ATTACKS.get(val_attack.name, key="train.val_attack.name")(val_attack)
+        attack = build_attack(val_attack, key="train.val_attack.name")
     bs = min(s.config.eval.batch_size, max(len(x_val), 1))
     classification = s.dataset.info.num_classes > 1
+    bounds = tuple(float(b) for b in s.dataset.info.bounds)
 
-    @jax.jit
     def batch_stats(variables, x, y, key):
-        def logits_fn(inp):
-            return s.module.apply(variables, inp, train=False)
-
-        logits = logits_fn(x)
-        if not classification:
-            return {"val_mse": jnp.sum((logits[:, 0] - y) ** 2)}
-        out = {"val_accuracy": jnp.sum(jnp.argmax(logits, -1) == y)}
-        if attack is not None:
-            x_adv = attack(logits_fn, x, y, key, bounds=tuple(s.dataset.info.bounds))
-            out["val_robust_accuracy"] = jnp.sum(jnp.argmax(logits_fn(x_adv), -1) == y)
-        return out
+        return _validation_stats(
+            attack,
+            models.eval_model(s.module, variables),
+            x,
+            y,
+            key,
+            bounds=bounds,
+            classification=classification,
+        )
 
     def validate(model: TrainedModel, key: jax.Array) -> dict:
         if len(x_val) == 0:

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from advjax.analysis import saliency
+from advjax import saliency
 
 
 class TinyCNN(nn.Module):

@@ -29,8 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import data, evaluation, plots, runs
-from advjax.analysis import saliency
+from advjax import data, evaluation, plots, runs, saliency
 from advjax.objectives import interpretation
 
 NAME = "interpretability"
@@ -192,7 +191,7 @@ def _evaluate(model, x, y, eval_cfg, cache: str, key) -> dict:
         if cached.get("tag") == tag:
             return cached["result"]
     result = evaluation.evaluate(
-        eval_cfg, model.logits_fn, x, y, key=key, bounds=tuple(model.info.bounds)
+        eval_cfg, model.model, x, y, key=key, bounds=tuple(model.info.bounds)
     )
     _write_json(cache, {"tag": tag, "result": result})
     return result

@@ -27,12 +27,10 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from advjax import data, plots, runs
-from advjax.attacks.pgd import pgd
 
 
 def _eps_tag(eps: float) -> str:
@@ -83,40 +81,23 @@ def cell_config(config, *, size: int, eps: float, seed: int) -> ml_collections.C
 
 
 def _accuracies(model, x, y, *, norm: str, eps_list, attack_steps: int, batch_size: int, key):
-    """Clean accuracy on ``x`` and PGD accuracy at every eps of ``eps_list``."""
-    logits_fn = model.logits_fn
+    """Clean accuracy on ``x`` and PGD accuracy at every eps of ``eps_list``.
+
+    One PGD attack (step ``2.5 eps / steps`` at every eps) through the shared evaluation
+    kit, so every model of the sweep reuses the same compiled programs.
+    """
+    from advjax import evaluation
+    from advjax.attacks import build_attack
+
     bounds = tuple(model.info.bounds)
-
-    @jax.jit
-    def clean(xb, yb):
-        return jnp.sum(jnp.argmax(logits_fn(xb), -1) == yb)
-
-    @jax.jit
-    def robust(xb, yb, k, eps):
-        x_adv = pgd(
-            logits_fn,
-            xb,
-            yb,
-            k,
-            norm=norm,
-            eps=eps,
-            step_size=2.5 * eps / attack_steps,
-            num_steps=attack_steps,
-            bounds=bounds,
+    attack = build_attack({"name": "pgd", "norm": norm, "eps": 1.0, "num_steps": attack_steps})
+    kw = dict(bounds=bounds, batch_size=batch_size)
+    out = {"clean": evaluation.accuracy(model.model, x, y, **kw)}
+    for e in eps_list:
+        out[float(e)] = evaluation.accuracy(
+            model.model, x, y, attack=attack, key=key, eps=float(e), **kw
         )
-        return jnp.sum(jnp.argmax(logits_fn(x_adv), -1) == yb)
-
-    n = (len(x) // batch_size) * batch_size
-    out = {"clean": 0.0, **{float(e): 0.0 for e in eps_list}}
-    for i, start in enumerate(range(0, n, batch_size)):
-        xb, yb = (
-            jnp.asarray(x[start : start + batch_size]),
-            jnp.asarray(y[start : start + batch_size]),
-        )
-        out["clean"] += float(clean(xb, yb))
-        for e in eps_list:
-            out[float(e)] += float(robust(xb, yb, jax.random.fold_in(key, i), jnp.float32(e)))
-    return {k: v / max(n, 1) for k, v in out.items()}
+    return out
 
 
 def validate(config) -> None:

@@ -314,21 +314,17 @@ def _background_fill(domain: dict) -> np.ndarray:
 def _robust_accuracy(
     model, bench, attack_cfg, *, key, num_examples: int, batch: int = 250
 ) -> float:
-    from advjax.attacks import ATTACKS
+    from advjax import evaluation
+    from advjax.attacks import build_attack
 
-    attack = ATTACKS.get("pgd")(ml_collections.ConfigDict(attack_cfg))
     d = bench.domains["same"]
-    n = (min(num_examples, d["x"].shape[0]) // batch) * batch
-    fn = jax.jit(
-        lambda xb, yb, kk: (
-            jnp.argmax(model.logits_fn(attack(model.logits_fn, xb, yb, kk)), -1) == yb
-        )
+    n = min(num_examples, d["x"].shape[0])
+    if n == 0:
+        return float("nan")
+    attack = build_attack(ml_collections.ConfigDict(attack_cfg))
+    return evaluation.accuracy(
+        model.model, d["x"][:n], d["y"][:n], attack=attack, key=key, batch_size=batch
     )
-    hits = [
-        np.asarray(fn(d["x"][s : s + batch], d["y"][s : s + batch], jax.random.fold_in(key, s)))
-        for s in range(0, n, batch)
-    ]
-    return float(np.concatenate(hits).mean()) if hits else float("nan")
 
 
 def benchmark_part(config, an, workdir: str) -> dict:

@@ -7,7 +7,7 @@ through `advjax.runs.train_or_load`, or restored from ``analysis.standard_workdi
 
 * ``gradients.png``: loss gradients ``grad_x CE(f(x), y)``, min-max scaled per image
   (Tsipras et al.'s display). Numbers: share of |gradient| on the digit
-  (`advjax.analysis.saliency.foreground_mass`) and the correlation of |gradient| with
+  (`advjax.saliency.foreground_mass`) and the correlation of |gradient| with
   the image. Robust models give gradients aligned with the object, standard ones noise.
 * ``adversarial_untargeted.png``: large-eps attacks (PGD on CE, no random start, final
   iterate; l_2 eps 4-6 on MNIST), which on robust models look like another class.
@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import data, plots, runs
-from advjax.analysis import saliency
+from advjax import data, plots, runs, saliency
 from advjax.attacks.pgd import pgd
 
 

@@ -50,12 +50,17 @@ class Objective:
       uses_carry: whether ``loss_fn`` reads and returns a persistent perturbation.
       extra_train_arrays: called once on the training `Dataset` before training;
         returns per-example arrays (leading axis = training example) batched with x, y.
+      prepare: ``prepare(dataset, *, load_model)``, run once by `advjax.runs` before
+        training when the objective needs files made from other runs (IR's teacher
+        targets); ``load_model(workdir) -> advjax.models.Model`` restores a finished run,
+        so objectives never import the run layer above them.
     """
 
     loss_fn: Callable[..., tuple[jax.Array, dict]]
     replays: int = 1
     uses_carry: bool = False
     extra_train_arrays: Callable[[Any], dict] | None = None
+    prepare: Callable[..., None] | None = None
 
 
 def build_objective(objective_config) -> Objective:

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advjax.analysis import saliency
+from advjax import saliency
 
 VARIANTS = ("cosine", "norm_match")
 TARGET_METHODS = ("smoothgrad", "gradient")
@@ -210,7 +210,7 @@ def compute_targets(
       x: [N, ...] inputs; y: [N] labels.
       method: 'smoothgrad' (Noack et al.'s default targets) or 'gradient'.
       num_samples, sigma, include_clean, chunk_size: SmoothGrad settings (see
-        `advjax.analysis.saliency.smoothgrad`).
+        `advjax.saliency.smoothgrad`).
       batch_size: examples per compiled call.
       seed: PRNG seed of the noise.
       bounds: input box.
@@ -247,21 +247,15 @@ def data_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def load_or_compute_targets(
+def load_targets(
     targets_config: Mapping[str, Any],
     x: np.ndarray,
     y: np.ndarray,
-    *,
-    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> np.ndarray:
-    """Raw (unprocessed) targets for ``x``: read from ``path`` or computed from the teacher.
+    """Raw (unprocessed) targets for ``x``, read from ``targets_config['path']``.
 
-    If ``targets_config['path']`` holds an ``.npz`` written for the same data (fingerprint),
-    it is read. Otherwise the teacher in ``teacher_workdir`` (a finished advjax run) is loaded
-    with `advjax.runs.load_trained`, its maps are computed and, if ``path`` is set, written.
-
-    Returns:
-      [N, ...] float32 targets.
+    The file is an ``.npz`` written for the same data (checked by fingerprint); the
+    objective's ``prepare`` step writes it from the teacher run before training.
     """
     cfg = {**TARGET_DEFAULTS, **dict(targets_config)}
     fingerprint = data_fingerprint(x, y)
@@ -279,11 +273,34 @@ def load_or_compute_targets(
             "config key 'train.objective.targets': neither an existing 'path' "
             f"({path!r}) nor a 'teacher_workdir' to compute targets from"
         )
-    from advjax import runs
+    raise ValueError(
+        f"config key 'train.objective.targets.path': {path!r} does not exist yet; it is "
+        "written from the teacher run before training (advjax.runs.train_or_load)"
+    )
 
-    teacher = runs.load_trained(cfg["teacher_workdir"])
+
+def write_targets(
+    teacher: Any,
+    targets_config: Mapping[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """Computes the teacher's maps on ``(x, y)`` and writes them to ``path``.
+
+    Args:
+      teacher: the teacher as an `advjax.models.Model` (or an eval-mode logits function).
+      targets_config: ``TARGET_DEFAULTS`` keys; ``path`` must be set.
+      x, y: training inputs and labels.
+      bounds: input box.
+
+    Returns:
+      The raw targets.
+    """
+    cfg = {**TARGET_DEFAULTS, **dict(targets_config)}
     targets = compute_targets(
-        teacher.logits_fn,
+        teacher,
         x,
         y,
         method=cfg["method"],
@@ -295,8 +312,7 @@ def load_or_compute_targets(
         seed=cfg["seed"],
         bounds=bounds,
     )
-    if path:
-        save_targets(path, targets, fingerprint=fingerprint, settings=cfg)
+    save_targets(cfg["path"], targets, fingerprint=data_fingerprint(x, y), settings=cfg)
     return targets
 
 
@@ -384,13 +400,26 @@ def build_interpretation(objective_config):
         lambda_match=float(cfg.get("lambda_match", 1.0)),
     )
 
-    def extra_train_arrays(dataset) -> dict[str, np.ndarray]:
+    if targets_cfg["teacher_workdir"] and not targets_cfg["path"]:
+        raise ValueError(
+            "config key 'train.objective.targets.path': set where the teacher's targets are "
+            f"written (teacher_workdir {targets_cfg['teacher_workdir']!r} is given)"
+        )
+
+    def prepare(dataset, *, load_model) -> None:
+        path = targets_cfg["path"]
+        if not targets_cfg["teacher_workdir"] or (path and os.path.exists(path)):
+            return
         bounds = tuple(getattr(dataset.info, "bounds", (0.0, 1.0)))
-        raw = load_or_compute_targets(targets_cfg, dataset.train_x, dataset.train_y, bounds=bounds)
+        teacher = load_model(targets_cfg["teacher_workdir"])
+        write_targets(teacher, targets_cfg, dataset.train_x, dataset.train_y, bounds=bounds)
+
+    def extra_train_arrays(dataset) -> dict[str, np.ndarray]:
+        raw = load_targets(targets_cfg, dataset.train_x, dataset.train_y)
         if raw.shape != dataset.train_x.shape:
             raise ValueError(
                 f"targets shape {raw.shape} != training inputs {dataset.train_x.shape}"
             )
         return {"target": process_targets(raw, targets_cfg)}
 
-    return Objective(loss_fn=loss_fn, extra_train_arrays=extra_train_arrays)
+    return Objective(loss_fn=loss_fn, extra_train_arrays=extra_train_arrays, prepare=prepare)

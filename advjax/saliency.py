@@ -367,12 +367,12 @@ def map_in_batches(
     Returns:
       numpy array with the leading dimension of ``x``.
     """
-    from tqdm.auto import tqdm
+    from advjax.progress import progress_bar
 
     n = len(x)
     out = []
     starts = range(0, n, batch_size)
-    for i, start in enumerate(tqdm(starts, desc=progress, disable=progress is None)):
+    for i, start in enumerate(progress_bar(starts, desc=progress, enabled=progress is not None)):
         idx = np.arange(start, start + batch_size) % n
         args = (jnp.asarray(x[idx]), jnp.asarray(y[idx]))
         if key is not None:
