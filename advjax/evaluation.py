@@ -18,7 +18,11 @@ on which points are still being attacked.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
+import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -28,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax import geometry, losses
+from advjax import checkpoints, geometry, losses
 from advjax.attacks import ATTACKS, Attack, build_attack, name_id
 from advjax.models import Model, as_model
 from advjax.progress import progress_bar
@@ -138,16 +142,75 @@ def _budget_eps(norm: str, bounds: tuple[float, float], dim: int) -> float:
 # ----------------------------------------------------------------------------- batching
 
 
+class EvalStore:
+    """Finished evaluation batches on disk, so a killed evaluation resumes where it stopped.
+
+    As AutoAttack's own evaluation state: every batch's outcome is written when it
+    finishes, keyed by the evaluation's fingerprint (config, key, model, data), the stage
+    (clean, attack/component, sweep) and the batch's example indices. Because example keys
+    are per example and a component attacks the points still robust after the stored
+    earlier results, the resumed report equals an uninterrupted one.
+    """
+
+    def __init__(self, directory: str, fingerprint: str):
+        self.directory = os.path.join(directory, fingerprint)
+        self.batches_written = 0
+        os.makedirs(self.directory, exist_ok=True)
+
+    def batch_name(self, stage: str, idx: np.ndarray) -> str:
+        digest = hashlib.sha256(np.ascontiguousarray(idx, np.int64).tobytes()).hexdigest()[:16]
+        safe = "".join(c if c.isalnum() else "_" for c in stage)
+        return f"{safe}-{digest}"
+
+    def load(self, name: str) -> list[np.ndarray] | None:
+        path = os.path.join(self.directory, name + ".npz")
+        if not os.path.exists(path):
+            return None
+        try:
+            with np.load(path) as f:
+                return [f[f"out{i}"] for i in range(len(f.files))]
+        except (OSError, ValueError, KeyError):
+            return None  # a batch cut off mid-write is simply computed again
+
+    def save(self, name: str, outputs: list[np.ndarray]) -> None:
+        path = os.path.join(self.directory, name + ".npz")
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **{f"out{i}": o for i, o in enumerate(outputs)})
+        os.replace(tmp, path)
+        self.batches_written += 1
+        checkpoints.kill_point("eval_batch", self.batches_written)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of JSON-able parts and arrays (an evaluation's identity)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray | jax.Array):
+            arr = np.ascontiguousarray(np.asarray(part))
+            h.update(str((arr.shape, arr.dtype)).encode())
+            h.update(arr.tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
 class _Runner:
     """Runs jitted per-batch functions over index sets with one padded batch shape.
 
     A randomised model gets a fresh key for every batch call (``model_key``).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, pbar, model_key=None):
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, batch_size: int, pbar, model_key=None, store=None
+    ):
         self.x, self.y, self.batch_size, self.pbar = x, y, batch_size, pbar
         self.model_key = model_key
         self.calls = 0
+        self.store = store
+        self.stage = ""
 
     def next_model_key(self) -> jax.Array:
         self.calls += 1
@@ -164,13 +227,20 @@ class _Runner:
         outs: list[list[np.ndarray]] = []
         for start in range(0, len(idx), self.batch_size):
             b = idx[start : start + self.batch_size]
-            pad = np.concatenate([b, np.repeat(b[-1:], self.batch_size - len(b))])
-            args = [jnp.asarray(self.x[pad]), jnp.asarray(self.y[pad])]
-            if keys is not None:
-                args.append(keys[pad])
-            res = fn(*args, self.next_model_key(), *extra)
-            res = res if isinstance(res, tuple) else (res,)
-            outs.append([np.asarray(r)[..., : len(b)] for r in res])
+            model_key = self.next_model_key()
+            name = self.store.batch_name(self.stage, b) if self.store is not None else None
+            res = self.store.load(name) if name is not None else None
+            if res is None:
+                pad = np.concatenate([b, np.repeat(b[-1:], self.batch_size - len(b))])
+                args = [jnp.asarray(self.x[pad]), jnp.asarray(self.y[pad])]
+                if keys is not None:
+                    args.append(keys[pad])
+                res = fn(*args, model_key, *extra)
+                res = res if isinstance(res, tuple) else (res,)
+                res = [np.asarray(r)[..., : len(b)] for r in res]
+                if name is not None:
+                    self.store.save(name, res)
+            outs.append(res)
             if self.pbar is not None:
                 self.pbar.update(len(b))
         if not outs:
@@ -361,6 +431,7 @@ def _run_attacks(built, runner, key, clean_correct, *, bounds, stack: bool):
             fn = attack_outcome_stack if stack else attack_outcome
             idx = np.flatnonzero(robust.any(axis=0) if stack else robust)
             before = robust.copy()
+            runner.stage = f"attack/{name}/{comp.name}"
             if len(idx):
                 correct, pert, in_box = runner.run(
                     lambda xb, yb, kb, mk, _c=comp, _f=fn: _f(
@@ -414,6 +485,7 @@ def evaluate(
     *,
     key: jax.Array,
     bounds: tuple[float, float] = (0.0, 1.0),
+    state_dir: str | None = None,
 ) -> dict[str, Any]:
     """Clean accuracy, per-attack and worst-case robust accuracy, eps sweep, sanity checks.
 
@@ -434,6 +506,8 @@ def evaluate(
       y: integer labels ``(n,)``.
       key: PRNG key; every attack and example derives its own key from it.
       bounds: input box ``(lo, hi)``.
+      state_dir: if set, every finished batch is stored there (`EvalStore`), and an
+        evaluation killed midway resumes from the stored batches to the same report.
 
     Returns:
       A JSON-serialisable report section (see the keys below).
@@ -446,9 +520,17 @@ def evaluate(
     sweep_name = _pick_sweep_attack(cfg, built)
     components = sum(len(_parts(a)) for _, a in built)
     pbar = _new_bar(cfg, n * (1 + components + (1 if sweep_name else 0)))
-    runner = _Runner(x, y, cfg["batch_size"], pbar, jax.random.fold_in(key, 0x3A7))
+    store = None
+    if state_dir:
+        ident = fingerprint(
+            _as_dict(eval_config), _key_data(key), list(bounds), x, y,
+            *jax.tree.leaves(model.variables), repr(model.apply),
+        )  # fmt: skip
+        store = EvalStore(state_dir, ident)
+    runner = _Runner(x, y, cfg["batch_size"], pbar, jax.random.fold_in(key, 0x3A7), store)
     runner.model = model
 
+    runner.stage = "clean"
     clean_correct = runner.run(
         lambda xb, yb, mk: clean_correct_batch(model, xb, yb, mk), np.arange(n)
     )[0].astype(bool)
@@ -599,6 +681,7 @@ def _eps_sweep(sweep_name, built, cfg, key, runner, clean_correct, bounds) -> di
     grid = np.asarray(cfg["eps_grid"], np.float32)
     keys = _example_keys(key, _attack_id(name + "/sweep"), runner.x.shape[0])
     model, chunk = runner.model, cfg["sweep_chunk_size"]
+    runner.stage = f"sweep/{name}"
     t0 = time.perf_counter()
     correct = runner.run(
         lambda xb, yb, kb, mk, g: sweep_outcome(

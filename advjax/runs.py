@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 
@@ -109,6 +110,11 @@ def load_trained(workdir: str, *, best: bool = False) -> TrainedModel:
     )
 
 
+# Finished evaluation batches of an evaluation in progress (`advjax.evaluation.EvalStore`);
+# removed once the report that holds them is written.
+EVAL_STATE = "eval_state"
+
+
 def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: str) -> dict:
     """Clean and robust accuracy of ``model`` on the test set, per `config.eval`.
 
@@ -125,6 +131,7 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
         dataset.test_y,
         key=jax.random.fold_in(jax.random.key(config.seed), 7),
         bounds=tuple(dataset.info.bounds),
+        state_dir=os.path.join(workdir, EVAL_STATE),
     )
     if config.eval.eps_grid and section.get("eps_sweep"):
         path = os.path.join(workdir, "figures", "robust_accuracy_vs_eps.png")
@@ -143,6 +150,7 @@ def evaluate_run(config, workdir: str, *, dataset: data.Dataset | None = None) -
     report["eval"]["evaluated_step"] = model.step
     print(f"{workdir}: evaluated the checkpoint of step {model.step}.")
     write_json(os.path.join(workdir, "report.json"), report)
+    shutil.rmtree(os.path.join(workdir, EVAL_STATE), ignore_errors=True)
     return report
 
 
@@ -211,6 +219,7 @@ def train_and_evaluate(
     }
     checkpoints.kill_point("during_eval")
     write_json(os.path.join(workdir, "report.json"), report)
+    shutil.rmtree(os.path.join(workdir, EVAL_STATE), ignore_errors=True)
     return report
 
 
