@@ -6,10 +6,17 @@ initial step ``eta = 2 eps`` and checkpoints ``w_j = ceil(p_j N)`` with ``p_0 = 
 ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``. At a checkpoint
 the step is halved and the iterate restarts from the best point found so far if
 
-1. the loss increased in fewer than ``rho (w_j - w_{j-1})`` of the steps since the
+1. the loss increased in at most ``rho (w_j - w_{j-1})`` of the steps since the
    last checkpoint (``rho = 0.75``), or
 2. the step was not halved at the last checkpoint and the best loss has not improved
-   since then.
+   since then (the flag starts as "halved", so this cannot fire at the first
+   checkpoint).
+
+Where the paper and AutoAttack's reference code (``autopgd_base.py``) differ, this
+follows the code: its integer checkpoint schedule (`checkpoints`), ``<=`` in condition
+1 (which counts increases between consecutive iterates, across a restart too), the
+flag's initial value, and the momentum term kept after a restart from the best point
+(the first step after it blends in ``x_max - x_prev``).
 
 APGD-T (Sec. 4) runs the targeted DLR loss against each of the ``num_targets`` classes
 with the highest clean logits and keeps, per example, the first success. A point
@@ -19,7 +26,6 @@ a misclassified point if it found one, else the highest-loss point.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
@@ -47,14 +53,25 @@ APGD_LOSSES = ("ce", "dlr", "margin")
 
 
 def checkpoints(num_steps: int) -> list[int]:
-    """APGD checkpoint iterations ``w_j = ceil(p_j N)`` (Croce & Hein 2020, Sec. 3.2)."""
-    p = [0.0, 0.22]
-    while p[-1] < 1.0:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    # The p_j are decimals with two digits; the small offset keeps float rounding
-    # (0.22 + 0.19 = 0.41000000000000003) from moving a checkpoint by one step.
-    w = sorted({math.ceil(q * num_steps - 1e-6) for q in p if q <= 1.0})
-    return [v for v in w if 0 < v <= num_steps]
+    """APGD checkpoint iterations (Croce & Hein 2020, Sec. 3.2), as the reference code
+    computes them.
+
+    The paper's ``w_j = ceil(p_j N)`` with ``p_0 = 0``, ``p_1 = 0.22`` and
+    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, in AutoAttack's integer form:
+    the first segment has ``max(int(0.22 N), 1)`` steps and each next one
+    ``max(int(0.03 N), 1)`` fewer, down to ``max(int(0.06 N), 1)``. Both agree for
+    N = 100 ([22, 41, 57, 70, 80, 87, 93, 99]); for small budgets the reference's
+    segments are shorter (N = 10: every step from the second on is a checkpoint), so
+    the step size adapts at all.
+    """
+    first = max(int(0.22 * num_steps), 1)
+    shrink = max(int(0.03 * num_steps), 1)
+    shortest = max(int(0.06 * num_steps), 1)
+    w, seg = [], first
+    while (w[-1] if w else 0) + seg <= num_steps:
+        w.append((w[-1] if w else 0) + seg)
+        seg = max(seg - shrink, shortest)
+    return w
 
 
 def _expand(v: jax.Array, like: jax.Array) -> jax.Array:
@@ -120,7 +137,9 @@ def _apgd_run(
         "eta": 2.0 * eps,
         "count": jnp.zeros((batch,), jnp.float32),
         "f_max_last": f0,
-        "reduced_last": jnp.zeros((batch,), bool),
+        # The reference starts this flag true: condition 2 cannot fire at the first
+        # checkpoint.
+        "reduced_last": jnp.ones((batch,), bool),
         "x_adv": x0, "found": s0,
     }  # fmt: skip
 
@@ -139,16 +158,19 @@ def _apgd_run(
         f_max = jnp.where(up, f_new, s["f_max"])
 
         at_ckpt = is_ckpt[k + 1]
-        cond1 = count < rho * seg[k + 1]
+        cond1 = count <= rho * seg[k + 1]
         cond2 = ~s["reduced_last"] & (s["f_max_last"] >= f_max)
         reduce = at_ckpt & (cond1 | cond2)
         eta = jnp.where(reduce, 0.5 * s["eta"], s["eta"])
         x_cur = _where(reduce, x_max, x_new)
         return {
             "x": x_cur,
-            "x_prev": _where(reduce, x_max, s["x"]),
+            # As in the reference, a restart from the best point keeps the momentum
+            # term: the next step's x - x_prev is x_max - (the iterate before it).
+            "x_prev": s["x"],
             "g": _where(reduce, g_max, g_new),
-            "f": jnp.where(reduce, f_max, f_new),
+            # Condition 1 compares consecutive iterates' losses, across a restart too.
+            "f": f_new,
             "x_max": x_max,
             "g_max": g_max,
             "f_max": f_max,
