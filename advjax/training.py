@@ -620,6 +620,10 @@ def _tensorboard_writer(config, workdir: str, start_step: int):
     return SummaryWriter(logdir=workdir, purge_step=start_step + 1 if start_step else None)
 
 
+# One compiled program for every parameter tree of a shape (not one per leaf, eagerly).
+_tree_norm = jax.jit(optax.tree.norm)
+
+
 class DivergenceGuard:
     """Stops a diverging run before it is saved (``config.train.divergence``).
 
@@ -646,7 +650,7 @@ class DivergenceGuard:
         self.losses: collections.deque = collections.deque(
             maxlen=int(cfg.window) if cfg is not None else 100
         )
-        self.initial_norm = float(optax.tree.norm(initial_params))
+        self.initial_norm = float(_tree_norm(initial_params))
         self.s, self.workdir = s, workdir
         self.last_good: int | None = None
         x_probe, _, _ = validation_split(s)

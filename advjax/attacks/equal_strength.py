@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +35,21 @@ class EqualStrengthResult(NamedTuple):
     step_size: jax.Array  # [B] final step size after halvings
 
 
+def equal_strength_pgd(model: Any, x: jax.Array, y: jax.Array, key: jax.Array, **kwargs):
+    """`_equal_strength_pgd` for an `advjax.models.Model` or a plain logits function.
+
+    The model travels as data: models of one architecture share the compiled loop.
+    """
+    from advjax.models import as_model
+
+    return _equal_strength_pgd(as_model(model), x, y, key, **kwargs)
+
+
 @functools.partial(
     jax.jit,
-    static_argnums=0,
     static_argnames=("eps", "step_size", "max_steps", "band", "norm", "init_std", "bounds"),
 )
-def equal_strength_pgd(
+def _equal_strength_pgd(
     logits_fn: Callable[[jax.Array], jax.Array],
     x: jax.Array,
     y: jax.Array,
@@ -80,7 +89,7 @@ def equal_strength_pgd(
 
     Returns:
       `EqualStrengthResult`; examples with ``in_band`` False ran out of steps or budget.
-      Compiled once per ``logits_fn`` and hyperparameters (all static).
+      Compiled once per architecture and hyperparameters (all static).
     """
     geometry.check_norm(norm, key="analysis.attack.norm")
     lo, hi = band

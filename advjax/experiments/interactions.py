@@ -20,6 +20,7 @@ The math lives in `advjax.analysis.interactions` and `advjax.attacks.equal_stren
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from advjax import data, plots, registry
 from advjax.analysis import interactions as itx
 from advjax.attacks import equal_strength
 from advjax.experiments import AnalysisError
+from advjax.models import as_model
 from advjax.progress import progress_bar
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -151,6 +153,11 @@ def load_models(a: ml_collections.ConfigDict, workdir: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+@jax.jit
+def _logits(model, x):
+    return model(x)
+
+
 def select_and_attack(
     logits_fns: dict, x: np.ndarray, y: np.ndarray, key: jax.Array, a, *, bounds
 ) -> tuple[np.ndarray, dict, dict]:
@@ -165,7 +172,10 @@ def select_and_attack(
     for k, (name, fn) in enumerate(logits_fns.items()):
         correct = (
             np.concatenate(
-                [np.asarray(jnp.argmax(fn(x[s : s + 500]), -1)) for s in range(0, len(x), 500)]
+                [
+                    np.asarray(jnp.argmax(_logits(as_model(fn), x[s : s + 500]), -1))
+                    for s in range(0, len(x), 500)
+                ]
             )
             == y
         )
@@ -221,52 +231,68 @@ def balanced_first(candidates: np.ndarray, labels: np.ndarray, count: int) -> np
     return np.sort(candidates[order][:count])
 
 
-def make_image_estimator(logits_fn, a, *, channel_mean, orders: np.ndarray):
-    """A compiled (x, label, pairs, key) -> (Delta v [P, M, C], v(empty), v(N)) for one model."""
-    grid = tuple(int(g) for g in a.grid)
-    n = grid[0] * grid[1]
+def _game_settings(a, grid) -> tuple:
+    """The static settings of the image game (hashable: a jit static argument)."""
+    return (tuple(int(g) for g in grid), a.baseline, float(a.blur_sigma), a.output,
+            int(a.chunk_size))  # fmt: skip
 
-    @jax.jit
+
+def _image_game(model, x, label, channel_mean, settings):
+    grid, baseline, blur_sigma, output, chunk_size = settings
+    return itx.image_game(
+        model,
+        x,
+        label,
+        grid=grid,
+        baseline=baseline,
+        channel_mean=channel_mean,
+        blur_sigma=blur_sigma,
+        output=output,
+        chunk_size=chunk_size,
+    )
+
+
+# Module level, with the model as data and the settings static: the standard and the
+# robust model of one architecture share every compiled estimator.
+@functools.partial(jax.jit, static_argnames=("settings", "orders", "num_contexts"))
+def _estimate(model, x, label, pairs, key, channel_mean, *, settings, orders, num_contexts):
+    game = _image_game(model, x, label, channel_mean, settings)
+    n = settings[0][0] * settings[0][1]
+    deltas = itx.interaction_deltas(game, pairs, np.asarray(orders), key, num_contexts=num_contexts)
+    ends = game(jnp.stack([jnp.zeros(n, bool), jnp.ones(n, bool)]))
+    return deltas, ends
+
+
+@functools.partial(jax.jit, static_argnames=("settings",))
+def _exact_table(model, x, label, channel_mean, *, settings):
+    masks = jnp.asarray(itx.all_masks(settings[0][0] * settings[0][1]))
+    return _image_game(model, x, label, channel_mean, settings)(masks)
+
+
+def make_image_estimator(model, a, *, channel_mean, orders: np.ndarray):
+    """(x, label, pairs, key) -> (Delta v [P, M, C], v(empty), v(N)) for one model.
+
+    ``model`` is an `advjax.models.Model` (or a logits function); one compiled program
+    serves every model of the same architecture.
+    """
+    model = as_model(model)
+    settings = _game_settings(a, a.grid)
+    orders_key = tuple(int(o) for o in np.asarray(orders).ravel())
+
     def estimate(x, label, pairs, key):
-        game = itx.image_game(
-            logits_fn,
-            x,
-            label,
-            grid=grid,
-            baseline=a.baseline,
-            channel_mean=channel_mean,
-            blur_sigma=float(a.blur_sigma),
-            output=a.output,
-            chunk_size=int(a.chunk_size),
-        )
-        deltas = itx.interaction_deltas(game, pairs, orders, key, num_contexts=int(a.num_contexts))
-        ends = game(jnp.stack([jnp.zeros(n, bool), jnp.ones(n, bool)]))
-        return deltas, ends
+        return _estimate(
+            model, x, label, pairs, key, channel_mean,
+            settings=settings, orders=orders_key, num_contexts=int(a.num_contexts),
+        )  # fmt: skip
 
     return estimate
 
 
-def make_exact_table(logits_fn, a, *, channel_mean):
-    """A compiled (x, label) -> v(S) for all 2^n coalitions of the coarse ``exact_grid``."""
-    grid = tuple(int(g) for g in a.exact_grid)
-    masks = jnp.asarray(itx.all_masks(grid[0] * grid[1]))
-
-    @jax.jit
-    def table(x, label):
-        game = itx.image_game(
-            logits_fn,
-            x,
-            label,
-            grid=grid,
-            baseline=a.baseline,
-            channel_mean=channel_mean,
-            blur_sigma=float(a.blur_sigma),
-            output=a.output,
-            chunk_size=int(a.chunk_size),
-        )
-        return game(masks)
-
-    return table
+def make_exact_table(model, a, *, channel_mean):
+    """(x, label) -> v(S) for all 2^n coalitions of the coarse ``exact_grid``."""
+    model = as_model(model)
+    settings = _game_settings(a, a.exact_grid)
+    return lambda x, label: _exact_table(model, x, label, channel_mean, settings=settings)
 
 
 def compute_interactions(
@@ -290,7 +316,7 @@ def compute_interactions(
         rec.update(ends_clean=[], ends_adv=[], exact_clean=[], exact_adv=[])
         labels = np.asarray(y)
         if a.label == "adv_prediction":
-            labels = np.asarray(jnp.argmax(fn(jnp.asarray(x_adv[name])), axis=-1))
+            labels = np.asarray(jnp.argmax(_logits(as_model(fn), jnp.asarray(x_adv[name])), -1))
         for k in progress_bar(range(len(x)), desc=f"interactions [{name}]", unit="img"):
             pairs = itx.sample_pairs(
                 jax.random.fold_in(key_pairs, k),
@@ -536,7 +562,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     models = load_models(a, workdir)
     dataset = data.load_dataset(config.data)
     channel_mean = jnp.asarray(dataset.train_x.mean(axis=(0, 1, 2)), jnp.float32)
-    fns = {name: jax.jit(m.logits_fn) for name, m in models.items()}
+    fns = {name: m.model for name, m in models.items()}
     key = jax.random.key(int(config.seed))
     idx, x_adv, attack_stats = select_and_attack(
         fns,

@@ -144,16 +144,25 @@ def _training_curves(model_dir: str) -> dict[str, list[float]]:
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("threshold",))
+def _alignment(grads, x, targets: dict, *, threshold: float) -> dict:
+    out = {"fg_mass": jnp.mean(saliency.foreground_mass(grads, x, threshold=threshold))}
+    for teacher, t in targets.items():
+        out[f"cos_{teacher}"] = jnp.mean(saliency.cosine_similarity(grads, t))
+    return out
+
+
 def _interpretability_metrics(
     grads: np.ndarray, x: np.ndarray, targets: dict[str, np.ndarray], threshold: float
 ) -> dict[str, float]:
-    out = {
-        "fg_mass": float(np.mean(saliency.foreground_mass(grads, x, threshold=threshold))),
-    }
-    for teacher, t in targets.items():
-        cos = saliency.cosine_similarity(jnp.asarray(grads), jnp.asarray(t[: len(grads)]))
-        out[f"cos_{teacher}"] = float(jnp.mean(cos))
-    return out
+    n = len(grads)
+    out = _alignment(
+        jnp.asarray(grads),
+        jnp.asarray(x[:n]),
+        {k: jnp.asarray(t[:n]) for k, t in targets.items()},
+        threshold=float(threshold),
+    )
+    return {k: float(v) for k, v in out.items()}
 
 
 def _test_targets(model, teacher, x, y, tcfg, path, bounds) -> np.ndarray:
@@ -457,21 +466,30 @@ def _budget(acfg) -> dict:
     }
 
 
+@functools.partial(jax.jit, static_argnames=("num_samples", "ig_steps", "bounds"))
+def _all_maps(model, x, y, key, *, num_samples, ig_steps, bounds) -> dict:
+    """Every saliency method of the figure in one compiled call (the model as data)."""
+    kw = dict(num_samples=num_samples, sigma=0.15, bounds=bounds, chunk_size=10)
+    return {
+        "gradient": saliency.gradient(model, x, y),
+        "SmoothGrad": saliency.smoothgrad(model, x, y, key, **kw),
+        "SmoothGrad^2": saliency.smoothgrad(model, x, y, key, aggregate="squared", **kw),
+        "VarGrad": saliency.smoothgrad(model, x, y, key, aggregate="vargrad", **kw),
+        "IG (black)": saliency.integrated_gradients(model, x, y, num_steps=ig_steps, bounds=bounds),
+    }
+
+
 def _methods_figure(model, x, y, a, fig_dir, bounds) -> str:
     """Gradient, SmoothGrad, SmoothGrad-squared, VarGrad and IG of one model."""
-    logits_fn = model.logits_fn
-    key = jax.random.key(0)
-    kw = dict(num_samples=a.figure_smoothgrad_samples, sigma=0.15, bounds=bounds, chunk_size=10)
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
-    maps = {
-        "gradient": saliency.gradient(logits_fn, xj, yj),
-        "SmoothGrad": saliency.smoothgrad(logits_fn, xj, yj, key, **kw),
-        "SmoothGrad^2": saliency.smoothgrad(logits_fn, xj, yj, key, aggregate="squared", **kw),
-        "VarGrad": saliency.smoothgrad(logits_fn, xj, yj, key, aggregate="vargrad", **kw),
-        "IG (black)": saliency.integrated_gradients(
-            logits_fn, xj, yj, num_steps=a.figure_ig_steps, bounds=bounds
-        ),
-    }
+    maps = _all_maps(
+        model.model,
+        jnp.asarray(x),
+        jnp.asarray(y),
+        jax.random.key(0),
+        num_samples=int(a.figure_smoothgrad_samples),
+        ig_steps=int(a.figure_ig_steps),
+        bounds=tuple(float(b) for b in bounds),
+    )
     maps = {k: np.asarray(v) for k, v in maps.items()}
     return saliency.saliency_grid(
         os.path.join(fig_dir, "saliency_methods.png"),

@@ -12,6 +12,7 @@ of models (variables with a leading model axis) can be vmapped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -85,10 +86,25 @@ class Model:
         return self.apply(self.variables, x)
 
     def bind(self, key: jax.Array | None) -> Callable[[jax.Array], jax.Array]:
-        """``x -> logits``; a randomised model uses the draw of ``key`` at every call."""
-        if self.takes_key:
-            return lambda x: self.apply(self.variables, x, key)
-        return lambda x: self.apply(self.variables, x)
+        """``x -> logits``; a randomised model uses the draw of ``key`` at every call.
+
+        The result is a `BoundModel`, so an attack that averages over other draws (EOT,
+        AutoAttack's ``rand`` version) can reach the randomised model behind it.
+        """
+        return BoundModel(self, key if self.takes_key else None)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BoundModel:
+    """``x -> logits`` of a `Model` at one draw ``key`` (None for a deterministic model)."""
+
+    model: Model
+    key: jax.Array | None = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.model.takes_key:
+            return self.model.apply(self.model.variables, x, self.key)
+        return self.model.apply(self.model.variables, x)
 
 
 def as_model(model: Any, *, takes_key: bool = False) -> Model:
@@ -128,11 +144,24 @@ def model_kwargs(model_config) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
+# Config keys of the model section that are not module fields: ``torch_checkpoint``
+# names a PyTorch file to import (`advjax.models.torch_import.from_model_config`).
+NON_MODULE_KEYS = ("torch_checkpoint",)
+
+
+def _module_fields(model_config) -> dict:
+    kwargs = model_kwargs(model_config)
+    return {k: v for k, v in kwargs.items() if k not in NON_MODULE_KEYS}
+
+
 def check_model_config(model_config) -> None:
-    """Raises ValueError naming an unknown model or field before any compute."""
+    """Raises ValueError naming an unknown model or field before any compute.
+
+    ``torch_checkpoint`` is not a module field and is not checked here.
+    """
     cls = MODELS.get(model_config.name, key="model.name")
     fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
-    for key in model_kwargs(model_config):
+    for key in _module_fields(model_config):
         if key not in fields:
             raise ValueError(
                 f"config key 'model.{key}': model {model_config.name!r} has no field {key!r}; "
@@ -144,15 +173,19 @@ def build_model(model_config, info):
     """The flax module named by ``model_config.name`` for a dataset's ``info``."""
     check_model_config(model_config)
     cls = MODELS.get(model_config.name, key="model.name")
-    return cls(num_classes=info.num_classes, **model_kwargs(model_config))
+    return cls(num_classes=info.num_classes, **_module_fields(model_config))
 
 
 def init_variables(module, info, key: jax.Array) -> dict:
     """Initial variables (``params`` and, for BatchNorm models, ``batch_stats``)."""
-    dummy = jnp.zeros((1, *info.input_shape), jnp.float32)
-    return dict(
-        jax.jit(lambda k: module.init({"params": k, "dropout": k}, dummy, train=False))(key)
-    )
+    return dict(_init(module, tuple(info.input_shape), key))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(module, input_shape: tuple, key: jax.Array):
+    """Compiled once per architecture and input shape (flax modules hash by their fields)."""
+    dummy = jnp.zeros((1, *input_shape), jnp.float32)
+    return module.init({"params": key, "dropout": key}, dummy, train=False)
 
 
 def count_params(params) -> int:

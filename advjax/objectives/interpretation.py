@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from advjax import saliency
+from advjax.models import as_model
 
 VARIANTS = ("cosine", "norm_match")
 TARGET_METHODS = ("smoothgrad", "gradient")
@@ -220,23 +221,40 @@ def compute_targets(
     """
     if method not in TARGET_METHODS:
         raise ValueError(f"method: got {method!r}; allowed: {list(TARGET_METHODS)}")
+    model = as_model(logits_fn)
     if method == "gradient":
-        fn = jax.jit(lambda xb, yb: saliency.gradient(logits_fn, xb, yb))
-        return saliency.map_in_batches(fn, x, y, batch_size=batch_size, progress="targets")
-    fn = jax.jit(
-        functools.partial(
-            saliency.smoothgrad,
-            logits_fn,
-            num_samples=num_samples,
-            sigma=sigma,
-            chunk_size=chunk_size,
-            include_clean=include_clean,
-            bounds=bounds,
-        )
+        return saliency.map_in_batches(
+            lambda xb, yb: _gradient_maps(model, xb, yb), x, y, batch_size=batch_size,
+            progress="targets",
+        )  # fmt: skip
+    settings = dict(
+        num_samples=num_samples,
+        sigma=sigma,
+        chunk_size=chunk_size,
+        include_clean=include_clean,
+        bounds=tuple(bounds),
     )
     return saliency.map_in_batches(
-        fn, x, y, batch_size=batch_size, key=jax.random.PRNGKey(seed), progress="targets"
+        lambda xb, yb, k: _smoothgrad_maps(model, xb, yb, k, **settings),
+        x,
+        y,
+        batch_size=batch_size,
+        key=jax.random.PRNGKey(seed),
+        progress="targets",
     ).astype(np.float32)
+
+
+# Module level with the teacher as data: teachers of one architecture share the programs.
+@jax.jit
+def _gradient_maps(model, x, y):
+    return saliency.gradient(model, x, y)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("num_samples", "sigma", "chunk_size", "include_clean", "bounds")
+)
+def _smoothgrad_maps(model, x, y, key, **settings):
+    return saliency.smoothgrad(model, x, y, key, **settings)
 
 
 def data_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
