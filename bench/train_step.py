@@ -1,0 +1,194 @@
+"""Benchmark: one advjax/flax training step against a plain PyTorch training loop.
+
+A step is forward, cross-entropy, backward and an Adam update (lr 1e-3) on a batch of
+128 MNIST training images, for ``small_cnn`` and ``madry_cnn`` starting from the same
+weights (the flax initialisation copied into torch; the first step's losses are
+asserted to agree). The flax step is one jitted function with the parameters and
+optimiser state donated (what advjax's training loop compiles); the torch step is the
+textbook ``zero_grad / backward / step``. Steps run in interleaved rounds of
+``--steps`` steps each; reported are the median seconds per step, the ratio (advjax
+over torch: below 1 means advjax is faster), the compile time apart, peak memory and
+the machine's load average. Nothing is set in the environment.
+
+Run: ``.venv/bin/python bench/train_step.py [--quick] [--device cuda]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from attacks import MNIST, RESULTS, PeakRSS, build_flax, synchronize, torch_model  # noqa: E402
+
+from advjax import losses, models  # noqa: E402
+from advjax.data import load_dataset  # noqa: E402
+
+
+def flax_step(module, opt):
+    def step(variables, state, xb, yb):
+        def loss(v):
+            return losses.cross_entropy(module.apply(v, xb), yb).mean()
+
+        value, grads = jax.value_and_grad(loss)(variables)
+        updates, state = opt.update(grads, state, variables)
+        return optax.apply_updates(variables, updates), state, value
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default="small_cnn,madry_cnn")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20, help="steps per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--layers", choices=("advjax", "flax"), default="advjax")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads (0: torch's default). On a loaded CPU torch's default "
+        "OpenMP threads spin against the other jobs and run up to 10x slower than one "
+        "thread; one thread is then the stronger baseline",
+    )
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.rounds = 5, 2
+    if args.layers == "flax":
+        from attacks import use_flax_layers
+
+        use_flax_layers()
+    gpu = args.device.startswith("cuda")
+    out_path = args.out or os.path.join(
+        RESULTS,
+        ("gpu-" if gpu else "")
+        + "train_step"
+        + ("-flax-layers" if args.layers == "flax" else "")
+        + ("-quick" if args.quick else "")
+        + ".json",
+    )
+
+    import torch
+    import torch.nn.functional as F
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    jdev = jax.devices("gpu" if gpu else "cpu")[0]
+    tdev = torch.device(args.device)
+    data = load_dataset(ml_collections.ConfigDict(
+        {"name": "mnist", "num_train": 60000, "num_test": 16, "seed": 0}))  # fmt: skip
+    n_batches = args.steps * args.rounds + 1
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, data.train_x.shape[0], (n_batches, args.batch))
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "device": str(jdev),
+            "jax": jax.__version__,
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "layers": args.layers,
+            "load_average_start": list(os.getloadavg()),
+        },
+        "setup": {
+            "batch": args.batch,
+            "step": "forward, cross-entropy, backward, Adam(1e-3) update",
+            "steps_per_round": args.steps,
+            "rounds": args.rounds,
+            "ratio": "advjax seconds per step / torch seconds per step (below 1: advjax faster)",
+        },
+        "models": {},
+    }
+    for name in args.models.split(","):
+        module = build_flax(name)
+        init = models.init_variables(module, MNIST, jax.random.key(0))
+        net = torch_model(name, init, tdev).train()
+        opt = optax.adam(1e-3)
+        step = flax_step(module, opt)
+        variables = jax.device_put(jax.tree.map(jnp.array, init), jdev)
+        state = opt.init(variables)
+        t_opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        xs_j = [jax.device_put(jnp.asarray(data.train_x[i]), jdev) for i in idx]
+        ys_j = [jax.device_put(jnp.asarray(data.train_y[i]), jdev) for i in idx]
+        xs_t = [torch.from_numpy(np.ascontiguousarray(data.train_x[i].transpose(0, 3, 1, 2)))
+                .to(tdev) for i in idx]  # fmt: skip
+        ys_t = [torch.from_numpy(data.train_y[i].astype(np.int64)).to(tdev) for i in idx]
+
+        def torch_step(xb, yb, net=net, t_opt=t_opt):
+            t_opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(xb), yb)
+            loss.backward()
+            t_opt.step()
+            return loss
+
+        t0 = time.perf_counter()
+        compiled = step.lower(variables, state, xs_j[0], ys_j[0]).compile()
+        compile_s = time.perf_counter() - t0
+        variables, state, loss_j = compiled(variables, state, xs_j[0], ys_j[0])
+        loss_t = torch_step(xs_t[0], ys_t[0])
+        gap = abs(float(loss_j) - float(loss_t))
+        assert gap < 1e-4, f"{name}: first-step losses differ by {gap}"
+        times = {"advjax": [], "plain_torch": []}
+        memory = {}
+        carry = {"v": variables, "s": state}
+        for r in range(args.rounds):
+            batches = range(1 + r * args.steps, 1 + (r + 1) * args.steps)
+            for side in times:
+                synchronize(args.device)
+                with PeakRSS() as peak:
+                    t0 = time.perf_counter()
+                    if side == "advjax":
+                        for b in batches:
+                            carry["v"], carry["s"], loss_j = compiled(
+                                carry["v"], carry["s"], xs_j[b], ys_j[b]
+                            )
+                        jax.block_until_ready(carry["v"])
+                    else:
+                        for b in batches:
+                            loss_t = torch_step(xs_t[b], ys_t[b])
+                        synchronize(args.device)
+                    times[side].append((time.perf_counter() - t0) / args.steps)
+                memory[side] = max(memory.get(side, 0.0), peak.mb)
+        med = {k: round(statistics.median(v), 5) for k, v in times.items()}
+        mem = compiled.memory_analysis()
+        entry = {
+            "first_step_loss_gap": gap,
+            "median_s_per_step": med,
+            "all_rounds_s_per_step": {k: [round(t, 5) for t in v] for k, v in times.items()},
+            "ratio_advjax_over_plain_torch": round(med["advjax"] / med["plain_torch"], 3),
+            "advjax_compile_s": round(compile_s, 2),
+            "advjax_xla_temp_mb": round(mem.temp_size_in_bytes / 2**20, 1) if mem else None,
+            "peak_rss_growth_mb": memory,
+            "final_loss": {"advjax": float(loss_j), "plain_torch": float(loss_t)},
+        }
+        print(f"{name}: {entry}", flush=True)
+        result["models"][name] = entry
+        result["machine"]["load_average_end"] = list(os.getloadavg())
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        with open(out_path, "w") as fh:
+            json.dump(result, fh, indent=2)
+    print(f"wrote {out_path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
