@@ -151,7 +151,8 @@ class Attack:
         hp = dict(self.hparams)
         if self.kind == ENSEMBLE:
             return any(c.randomised for c in self.components)
-        return self.kind == BLACK_BOX or hp.get("start", "none") not in ("none",)
+        # Attacks without a start option (APGD, FAB) start at random points.
+        return self.kind == BLACK_BOX or hp.get("start", "uniform") != "none"
 
     def budget_dict(self) -> dict[str, Any]:
         """The budget as a dict (an ensemble's: per component)."""
