@@ -351,17 +351,26 @@ def apgd_targeted(
 
 # ----------------------------------------------------------------------------- builders
 
+# AutoAttack's reference defaults (APGDAttack): 100 steps, rho 0.75, momentum 0.75;
+# l_1 (norm 'l1') runs l_1-APGD (`advjax.attacks.apgd_l1`), with the 3 eps / 2 eps / eps
+# schedule when large_eps; eot_samples > 1 averages a randomised model over that many
+# draws (the 'rand' version: 20).
 _APGD_DEFAULTS = {
     "norm": "linf",
     "num_steps": 100,
     "num_restarts": 1,
     "rho": 0.75,
     "momentum": 0.75,
+    "large_eps": False,
+    "eot_samples": 1,
 }
+BUILDER_NORMS = (*APGD_NORMS, "l1")
 
 
 def _validate(v: dict, attack: str) -> None:
-    check_choice(v["norm"], APGD_NORMS, attack=attack, key="norm")
+    check_choice(v["norm"], BUILDER_NORMS, attack=attack, key="norm")
+    check_choice(v["large_eps"], (False, True), attack=attack, key="large_eps")
+    check_number(v["eot_samples"], attack=attack, key="eot_samples", minimum=1, integer=True)
     check_number(v["eps"], attack=attack, key="eps", minimum=0.0)
     check_number(v["num_steps"], attack=attack, key="num_steps", minimum=1, integer=True)
     check_number(v["num_restarts"], attack=attack, key="num_restarts", minimum=1, integer=True)
@@ -370,8 +379,45 @@ def _validate(v: dict, attack: str) -> None:
     check_choice(v["loss"], APGD_LOSSES, attack=attack, key="loss")
 
 
+def with_eot(hp: dict, logits_fn, key) -> LogitsFn:
+    """``logits_fn``, or for a randomised model (an `advjax.models.BoundModel` whose
+    model takes a key) and ``hp['eot_samples'] > 1`` its EOT average over that many
+    draws (`advjax.attacks.wrappers.eot`, log of the mean softmax).
+
+    AutoAttack's ``rand`` version averages the loss gradient over 20 fresh draws at
+    every step; here 20 draws, derived from the model's key and the attack's key, are
+    fixed for the whole run (common random numbers, so APGD's checkpoints compare one
+    objective), and the attack's success is judged on the expected prediction.
+    """
+    from advjax.attacks import _first_key
+    from advjax.attacks.wrappers import eot
+
+    model = getattr(logits_fn, "model", None)
+    if hp.get("eot_samples", 1) <= 1 or model is None or not model.takes_key:
+        return logits_fn
+    seed = jax.random.bits(_first_key(key), dtype=jnp.uint32)
+    draws = jax.random.fold_in(logits_fn.key, seed)
+    return eot(lambda v, k: model(v, k), num_samples=hp["eot_samples"], key=draws)
+
+
 def run_apgd(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> jax.Array:
     """`Attack.run` of 'apgd_ce' and 'apgd_dlr'."""
+    logits_fn = with_eot(hp, logits_fn, key)
+    if hp["norm"] == "l1":
+        from advjax.attacks.apgd_l1 import apgd_l1
+
+        return apgd_l1(
+            logits_fn,
+            x,
+            y,
+            key,
+            eps=hp["eps"] if eps is None else eps,
+            num_steps=hp["num_steps"],
+            loss=hp["loss"],
+            num_restarts=hp["num_restarts"],
+            large_eps=hp["large_eps"],
+            bounds=bounds,
+        )
     return apgd(
         logits_fn,
         x,
@@ -390,6 +436,23 @@ def run_apgd(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> 
 
 def run_apgd_t(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> jax.Array:
     """`Attack.run` of 'apgd_t'."""
+    logits_fn = with_eot(hp, logits_fn, key)
+    if hp["norm"] == "l1":
+        from advjax.attacks.apgd_l1 import apgd_l1_targeted
+
+        return apgd_l1_targeted(
+            logits_fn,
+            x,
+            y,
+            key,
+            eps=hp["eps"] if eps is None else eps,
+            num_steps=hp["num_steps"],
+            num_targets=hp["num_targets"],
+            loss=hp["loss"],
+            num_restarts=hp["num_restarts"],
+            large_eps=hp["large_eps"],
+            bounds=bounds,
+        )
     return apgd_targeted(
         logits_fn,
         x,
@@ -418,8 +481,10 @@ def _build_untargeted(cfg, *, attack: str, loss: str) -> Attack:
 
 
 def build_apgd_ce(cfg) -> Attack:
-    """Registry builder for 'apgd_ce'. Keys: eps, norm, num_steps, num_restarts, rho,
-    momentum, loss (default 'ce')."""
+    """Registry builder for 'apgd_ce'. Keys (AutoAttack's defaults): eps (required),
+    norm ('linf'; 'l2', or 'l1' for l_1-APGD), num_steps (100), num_restarts (1; the
+    l_1 standard version 5, plus 5), rho (0.75), momentum (0.75; l_1-APGD has none),
+    large_eps (False; l_1 standard True), eot_samples (1; rand 20), loss ('ce')."""
     return _build_untargeted(cfg, attack="apgd_ce", loss="ce")
 
 
@@ -429,8 +494,8 @@ def build_apgd_dlr(cfg) -> Attack:
 
 
 def build_apgd_t(cfg) -> Attack:
-    """Registry builder for 'apgd_t'. Keys as APGD plus num_targets (default 9), loss
-    (default 'dlr', the targeted DLR)."""
+    """Registry builder for 'apgd_t'. Keys as 'apgd_ce' plus num_targets (9; the l_1
+    standard version 5), loss (default 'dlr', the targeted DLR)."""
     v = config_values(
         cfg,
         attack="apgd_t",

@@ -1,8 +1,25 @@
-"""AutoAttack-style ensemble: APGD-CE, then APGD-T, then Square, worst case per example.
+"""AutoAttack: its ``standard``, ``plus`` and ``rand`` versions, and custom ensembles.
 
-Croce & Hein 2020, Sec. 5 ("standard" version, with Square in place of FAB-T as the
-issue asks): the attacks run in sequence and each one only needs to attack the points
-that are still robust; the reported robust accuracy is the per-example worst case.
+Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", Sec. 5, and the reference code's ``_set_version``
+(``autoattack.py``): the attacks run in sequence, each only on the points still robust,
+and robust accuracy is the per-example worst case. The config key ``version`` picks
+the components and their restarts / targets as the reference does (``num_steps``,
+``num_queries`` and ``p_init`` stay configurable; their defaults are the reference's):
+
+* ``standard`` (l_inf, l_2): APGD-CE (1 restart), APGD-T (9 targets, 1 restart),
+  FAB-T (9 targets, 1 restart), Square (5000 queries, p_init 0.8). l_1: APGD-CE with 5
+  restarts and APGD-T with 5 targets, both with the 3 eps / 2 eps / eps schedule
+  (``large_eps``), then FAB-T; Square has no l_1 version here, so it is left out.
+* ``plus``: APGD-CE and APGD-DLR (5 restarts each), untargeted FAB (5 restarts),
+  Square (5000 queries), APGD-T (9 targets, 1 restart), FAB-T (9 targets, 1 restart);
+  the reference meant it for l_inf and l_2 (without Square for l_1 here).
+* ``rand`` (randomised defences): APGD-CE and APGD-DLR, 1 restart each, with EOT over
+  20 draws of the model (a `advjax.models.Model` with ``takes_key=True``).
+
+Without ``version`` (the default ``''``) the ensemble is the ``attacks`` list
+(default APGD-CE, APGD-T, Square) with one shared ``num_steps`` / ``num_restarts`` /
+``num_targets``.
 
 `build_ensemble` returns an `Attack` of kind ``ENSEMBLE`` whose run, traced as one
 program, runs every component on the whole batch and keeps, per example, the first
@@ -28,11 +45,22 @@ from advjax.attacks import (
     name_id,
 )
 from advjax.attacks.apgd import build_apgd_ce, build_apgd_dlr, build_apgd_t
+from advjax.attacks.fab import build_fab, build_fab_t
 from advjax.attacks.square import build_square
 
-COMPONENTS = ("apgd_ce", "apgd_dlr", "apgd_t", "square")
+COMPONENTS = ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t", "fab", "square")
+VERSIONS = ("", "standard", "plus", "rand")
+_BUILDERS = {
+    "apgd_ce": build_apgd_ce,
+    "apgd_dlr": build_apgd_dlr,
+    "apgd_t": build_apgd_t,
+    "fab_t": build_fab_t,
+    "fab": build_fab,
+    "square": build_square,
+}
 
 _DEFAULTS = {
+    "version": "",
     "norm": "linf",
     "attacks": ("apgd_ce", "apgd_t", "square"),
     "num_steps": 100,
@@ -43,14 +71,57 @@ _DEFAULTS = {
 }
 
 
-def _component(name: str, v: dict) -> Attack:
+def version_components(version: str, norm: str) -> tuple[tuple[str, dict], ...]:
+    """AutoAttack's components of ``version`` for ``norm``: ``(name, settings)`` pairs
+    (restarts, targets, large-eps schedule, EOT draws), in the reference's order."""
+    if version == "standard":
+        if norm == "l1":
+            return (
+                ("apgd_ce", {"num_restarts": 5, "large_eps": True}),
+                ("apgd_t", {"num_restarts": 1, "num_targets": 5, "large_eps": True}),
+                ("fab_t", {"num_restarts": 1, "num_targets": 9}),
+            )
+        return (
+            ("apgd_ce", {"num_restarts": 1}),
+            ("apgd_t", {"num_restarts": 1, "num_targets": 9}),
+            ("fab_t", {"num_restarts": 1, "num_targets": 9}),
+            ("square", {}),
+        )
+    if version == "plus":
+        return (
+            ("apgd_ce", {"num_restarts": 5}),
+            ("apgd_dlr", {"num_restarts": 5}),
+            ("fab", {"num_restarts": 5}),
+            ("square", {}),
+            ("apgd_t", {"num_restarts": 1, "num_targets": 9}),
+            ("fab_t", {"num_restarts": 1, "num_targets": 9}),
+        )
+    if version == "rand":
+        return (
+            ("apgd_ce", {"num_restarts": 1, "eot_samples": 20}),
+            ("apgd_dlr", {"num_restarts": 1, "eot_samples": 20}),
+        )
+    raise ValueError(f"attack 'ensemble': config key 'version' got {version!r}")
+
+
+def _component(name: str, v: dict, settings: dict | None = None) -> Attack:
     common = {"name": name, "norm": v["norm"], "eps": v["eps"]}
     if name == "square":
         return build_square(dict(common, num_queries=v["num_queries"], p_init=v["p_init"]))
-    apgd_cfg = dict(common, num_steps=v["num_steps"], num_restarts=v["num_restarts"])
-    if name == "apgd_t":
-        return build_apgd_t(dict(apgd_cfg, num_targets=v["num_targets"]))
-    return (build_apgd_ce if name == "apgd_ce" else build_apgd_dlr)(apgd_cfg)
+    if settings is None:  # A custom ensemble: the shared settings.
+        settings = {"num_restarts": v["num_restarts"]}
+        if name in ("apgd_t", "fab_t"):
+            settings["num_targets"] = v["num_targets"]
+    return _BUILDERS[name](dict(common, num_steps=v["num_steps"], **settings))
+
+
+def _components(v: dict) -> tuple[Attack, ...]:
+    if v["version"]:
+        chosen = version_components(v["version"], v["norm"])
+        # Square has no l_1 version here (the reference's plus version warns for l_1).
+        chosen = [(n, s) for n, s in chosen if not (n == "square" and v["norm"] == "l1")]
+        return tuple(_component(n, v, s) for n, s in chosen)
+    return tuple(_component(n, v) for n in v["attacks"])
 
 
 def run_ensemble(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None):
@@ -58,14 +129,13 @@ def run_ensemble(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None)
     keys = example_keys(key, x.shape[0])
     x_best = x
     fooled = jnp.zeros((x.shape[0],), bool)
-    for n in hp["attacks"]:
-        comp = _component(n, hp)
+    for comp in _components(hp):
         x_c = comp.run(
             dict(comp.hparams),
             logits_fn,
             x,
             y,
-            fold_in_each(keys, name_id(n)),
+            fold_in_each(keys, name_id(comp.name)),
             bounds=bounds,
             eps=eps,
         )
@@ -79,26 +149,35 @@ def run_ensemble(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None)
 def build_ensemble(cfg) -> Attack:
     """Registry builder for 'ensemble'.
 
-    Config keys: ``eps`` (required), ``norm`` ('linf' or 'l2'), ``attacks`` (ordered
-    component names from 'apgd_ce', 'apgd_dlr', 'apgd_t', 'square'), ``num_steps`` and
-    ``num_restarts`` (APGD), ``num_targets`` (APGD-T), ``num_queries`` and ``p_init``
-    (Square).
+    Config keys: ``eps`` (required), ``norm`` ('linf', 'l2'; 'l1' with a version),
+    ``version`` ('' for the ``attacks`` list, or 'standard', 'plus', 'rand': AutoAttack's
+    versions, module docstring), ``attacks`` (ordered component names from 'apgd_ce',
+    'apgd_dlr', 'apgd_t', 'fab_t', 'fab', 'square'; ignored with a version),
+    ``num_steps`` (APGD and FAB steps, 100), ``num_restarts`` and ``num_targets`` (the
+    custom ensemble's, 1 and 9), ``num_queries`` (Square, 5000) and ``p_init`` (0.8).
 
     Returns:
       An `Attack` of kind ``ENSEMBLE`` with the ordered component attacks.
     """
     v = config_values(cfg, attack="ensemble", defaults=_DEFAULTS, required=("eps",))
-    check_choice(v["norm"], ("linf", "l2"), attack="ensemble", key="norm")
+    check_choice(v["version"], VERSIONS, attack="ensemble", key="version")
+    norms = ("linf", "l2", "l1") if v["version"] else ("linf", "l2")
+    check_choice(v["norm"], norms, attack="ensemble", key="norm")
     check_number(v["eps"], attack="ensemble", key="eps", minimum=0.0)
     names = tuple(v["attacks"])
-    if not names:
-        raise ValueError("attack 'ensemble': config key 'attacks' must name at least one attack")
-    for n in names:
-        check_choice(n, COMPONENTS, attack="ensemble", key="attacks")
-    if len(set(names)) != len(names):
-        raise ValueError(f"attack 'ensemble': config key 'attacks' repeats a name: {names}")
+    if not v["version"]:
+        if not names:
+            raise ValueError(
+                "attack 'ensemble': config key 'attacks' must name at least one attack"
+            )
+        for n in names:
+            check_choice(n, COMPONENTS, attack="ensemble", key="attacks")
+        if len(set(names)) != len(names):
+            raise ValueError(f"attack 'ensemble': config key 'attacks' repeats a name: {names}")
     v["eps"] = float(v["eps"])
     v["attacks"] = names
-    components = tuple(_component(n, v) for n in names)
+    components = _components(v)
+    if v["version"]:
+        v["attacks"] = tuple(c.name for c in components)
     budget = {c.name: c.budget for c in components}
     return Attack("ensemble", run_ensemble, freeze(v), ENSEMBLE, freeze(budget), components)

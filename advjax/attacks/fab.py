@@ -22,7 +22,16 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry
-from advjax.attacks import example_keys, fold_in_each
+from advjax.attacks import (
+    WHITE_BOX,
+    Attack,
+    check_choice,
+    check_number,
+    config_values,
+    example_keys,
+    fold_in_each,
+    freeze,
+)
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -128,10 +137,31 @@ def _fab_single_run(
         logits = logits_fn(flat.reshape(x.shape))
         return logits[rows, target] - logits[rows, y]
 
+    def closest_boundary(flat):
+        """Untargeted FAB: the linearised boundary y vs k with the smallest distance
+        ``|f_k| / ||grad f_k||_q`` (the reference's choice), its gap and gradient."""
+        logits, pullback = jax.vjp(lambda v: logits_fn(v.reshape(x.shape)), flat)
+        classes = logits.shape[-1]
+        (jac,) = jax.vmap(pullback)(
+            jnp.broadcast_to(
+                jnp.eye(classes, dtype=logits.dtype)[:, None], (classes, *logits.shape)
+            )
+        )  # (classes, batch, features)
+        gaps = logits - logits[rows, y][:, None]
+        grads = jac - jac[y, rows][None]
+        dual = geometry.dual_norm(grads.reshape(classes * batch, -1), norm=norm)
+        dist = jnp.abs(gaps) / (dual.reshape(classes, batch).T + 1e-12)
+        dist = jnp.where(jax.nn.one_hot(y, classes, dtype=bool), jnp.inf, dist)
+        k = jnp.argmin(dist, axis=1)
+        return gaps[rows, k], grads[k, rows]
+
     def step(_, carry):
         x1, adv, best = carry
-        gap, pullback = jax.vjp(boundary_gap, x1)
-        (grad,) = pullback(jnp.ones_like(gap))
+        if target is None:
+            gap, grad = closest_boundary(x1)
+        else:
+            gap, pullback = jax.vjp(boundary_gap, x1)
+            (grad,) = pullback(jnp.ones_like(gap))
         # Linearised boundary {z : <grad, z> = <grad, x1> - gap}.
         c_current = -gap
         c_original = -gap + jnp.sum(grad * (x1 - x0), axis=1)
@@ -167,6 +197,7 @@ def _fab_single_run(
         "eta",
         "beta",
         "bounds",
+        "targeted",
     ),
 )
 def _fab_targeted(
@@ -184,6 +215,7 @@ def _fab_targeted(
     eta,
     beta,
     bounds,
+    targeted=True,
 ):
     batch = x.shape[0]
     expand = (-1,) + (1,) * (x.ndim - 1)
@@ -192,7 +224,7 @@ def _fab_targeted(
     correct = jnp.argmax(logits, axis=-1) == y
     # Targets: the other classes by decreasing clean logit (the reference's
     # ``sort()[1][:, -target_class]`` for target_class = 2, 3, ...).
-    n_targets = max(1, min(num_targets, logits.shape[-1] - 1))
+    n_targets = max(1, min(num_targets, logits.shape[-1] - 1)) if targeted else 1
     masked = logits.at[jnp.arange(batch), y].set(-jnp.inf)
     targets = jax.lax.top_k(masked, n_targets)[1].T  # (n_targets, batch)
     radius = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
@@ -209,7 +241,7 @@ def _fab_targeted(
                 logits_fn,
                 x,
                 y,
-                target,
+                target if targeted else None,
                 start,
                 norm=norm,
                 num_steps=num_steps,
@@ -247,11 +279,17 @@ def fab_targeted_minimal(
     eta: float = 1.05,
     beta: float = 0.9,
     bounds: tuple[float, float] = (0.0, 1.0),
+    targeted: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """FAB-T's smallest adversarial examples and their l_p norms (see `fab_targeted`).
 
     ``eps`` only sets the radius of the random restarts (restart k > 0), so it may be
     None with ``num_restarts=1``.
+
+    With ``targeted=False`` this is untargeted FAB (the ``plus`` version's 'fab'): each
+    step linearises the boundary to the class k != y with the smallest
+    ``|z_k - z_y| / ||grad(z_k - z_y)||_q`` (one backward pass per class) and
+    ``num_targets`` is ignored.
 
     Returns:
       (x_adv, norms): per example the smallest adversarial point found over targets and
@@ -275,6 +313,7 @@ def fab_targeted_minimal(
         eta=float(eta),
         beta=float(beta),
         bounds=(float(bounds[0]), float(bounds[1])),
+        targeted=bool(targeted),
     )
 
 
@@ -293,6 +332,7 @@ def fab_targeted(
     eta: float = 1.05,
     beta: float = 0.9,
     bounds: tuple[float, float] = (0.0, 1.0),
+    targeted: bool = True,
 ) -> jax.Array:
     """Targeted FAB (Croce & Hein 2020), kept only within the eps-ball.
 
@@ -310,6 +350,7 @@ def fab_targeted(
       norm: "linf", "l2" or "l1"; eps: the threat model's radius (scalar or [B]).
       num_steps, num_targets, num_restarts, alpha_max, eta, beta: as above.
       bounds: the input box.
+      targeted: False for untargeted FAB (see `fab_targeted_minimal`).
 
     Returns:
       x_adv: the smallest adversarial example found where its l_p distance to x is at
@@ -329,8 +370,76 @@ def fab_targeted(
         eta=eta,
         beta=beta,
         bounds=bounds,
+        targeted=targeted,
     )
     keep = (found <= jnp.broadcast_to(jnp.asarray(eps, found.dtype), found.shape)).reshape(
         (-1,) + (1,) * (x.ndim - 1)
     )
     return jnp.where(keep, x_adv, x)
+
+
+# ----------------------------------------------------------------------------- builders
+
+# AutoAttack's reference settings (FABAttack_PT as its `standard` version runs FAB-T).
+FAB_DEFAULTS = {
+    "norm": "linf",
+    "num_steps": 100,
+    "num_targets": 9,
+    "num_restarts": 1,
+    "alpha_max": 0.1,
+    "eta": 1.05,
+    "beta": 0.9,
+}
+
+
+def run_fab(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=None) -> jax.Array:
+    """`Attack.run` of 'fab_t' and 'fab' (`fab_targeted`, kept within eps)."""
+    return fab_targeted(
+        logits_fn,
+        x,
+        y,
+        key,
+        norm=hp["norm"],
+        eps=hp["eps"] if eps is None else eps,
+        num_steps=hp["num_steps"],
+        num_targets=hp["num_targets"],
+        num_restarts=hp["num_restarts"],
+        alpha_max=hp["alpha_max"],
+        eta=hp["eta"],
+        beta=hp["beta"],
+        bounds=bounds,
+        targeted=hp["targeted"],
+    )
+
+
+def _build(cfg, *, attack: str, targeted: bool) -> Attack:
+    v = config_values(cfg, attack=attack, defaults=FAB_DEFAULTS, required=("eps",))
+    check_choice(v["norm"], geometry.NORMS, attack=attack, key="norm")
+    check_number(v["eps"], attack=attack, key="eps", minimum=0.0)
+    for k in ("num_steps", "num_targets", "num_restarts"):
+        check_number(v[k], attack=attack, key=k, minimum=1, integer=True)
+    check_number(v["alpha_max"], attack=attack, key="alpha_max", minimum=0.0, maximum=1.0)
+    check_number(v["eta"], attack=attack, key="eta", minimum=1.0)
+    check_number(v["beta"], attack=attack, key="beta", minimum=0.0, maximum=1.0)
+    v["eps"] = float(v["eps"])
+    v["targeted"] = targeted
+    budget = {"num_steps": v["num_steps"], "num_restarts": v["num_restarts"]}
+    if targeted:
+        budget["num_targets"] = v["num_targets"]
+    return Attack(attack, run_fab, freeze(v), WHITE_BOX, freeze(budget))
+
+
+def build_fab_t(cfg) -> Attack:
+    """Registry builder for 'fab_t' (targeted FAB, AutoAttack's FAB-T).
+
+    Keys and AutoAttack's defaults: ``eps`` (required), ``norm`` ('linf', 'l2', 'l1';
+    'linf'), ``num_steps`` (100), ``num_targets`` (9), ``num_restarts`` (1),
+    ``alpha_max`` (0.1), ``eta`` (1.05), ``beta`` (0.9).
+    """
+    return _build(cfg, attack="fab_t", targeted=True)
+
+
+def build_fab(cfg) -> Attack:
+    """Registry builder for 'fab' (untargeted FAB; the ``plus`` version runs it with
+    ``num_restarts=5``). Keys as 'fab_t'; ``num_targets`` is ignored."""
+    return _build(cfg, attack="fab", targeted=False)
