@@ -54,6 +54,7 @@ RESUMABLE_KEYS = (
     "train.divergence",
     "train.tensorboard",
     "checkpoint.keep",
+    "model.torch_checkpoint",
 )
 # Sections whose keys are shared by reference (`override` sets them in place).
 SHARED_SECTIONS = ("eps",)
@@ -120,6 +121,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise _user_error(err, f"config {spec!r}: ") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"config file {path!r}: get_config must return a ConfigDict")
+    model = config.get("model")
+    if isinstance(model, ml_collections.ConfigDict) and "torch_checkpoint" not in model:
+        # Every config takes --config.model.torch_checkpoint, also one that replaces
+        # the base config's model section.
+        with model.unlocked():
+            model.torch_checkpoint = ""
     return config
 
 
@@ -469,7 +476,12 @@ def check_workdir(config, workdir: str, mode: str = "train") -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ConfigError(f"--workdir {workdir!r}: {parent!r} is a file, not a folder")
-    if mode == "eval":
+    torch_checkpoint = config.get("model", {}).get("torch_checkpoint", "")
+    if torch_checkpoint and not os.path.isfile(torch_checkpoint):
+        raise ConfigError(f"config key 'model.torch_checkpoint': no such file {torch_checkpoint!r}")
+    if mode == "eval" and torch_checkpoint:
+        pass  # Evaluates the imported PyTorch model: the workdir only receives the report.
+    elif mode == "eval":
         stored = read_run_config(workdir) if os.path.isdir(workdir) else None
         if stored is None or not os.path.exists(os.path.join(workdir, "dataset_info.json")):
             raise ConfigError(

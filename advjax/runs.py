@@ -28,6 +28,7 @@ __all__ = [
     "evaluate_model",
     "evaluate_run",
     "load_config",
+    "load_torch_model",
     "load_trained",
     "read_metrics",
     "read_report",
@@ -115,6 +116,26 @@ def load_trained(workdir: str, *, best: bool = False) -> TrainedModel:
 EVAL_STATE = "eval_state"
 
 
+def load_torch_model(config, info: data.DatasetInfo) -> TrainedModel:
+    """The model of a PyTorch checkpoint named by ``config.model.torch_checkpoint``.
+
+    ``config.model.name`` and its other keys select the converter and the module's
+    fields (`advjax.models.torch_import.from_model_config`); the state dict is checked
+    against the architecture before anything is converted.
+
+    Raises:
+      CheckpointError: a missing or unsafe file, or a state dict that does not fit
+        (missing, extra or misshapen keys), as one message.
+    """
+    from advjax.models import torch_import
+
+    try:
+        module, variables = torch_import.from_model_config(config.model, info)
+    except torch_import.CheckpointError as err:
+        raise checkpoints.CheckpointError(configlib.one_line(err)) from None
+    return TrainedModel(config=config, module=module, variables=variables, info=info, step=0)
+
+
 def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: str) -> dict:
     """Clean and robust accuracy of ``model`` on the test set, per `config.eval`.
 
@@ -143,12 +164,21 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
 def evaluate_run(config, workdir: str, *, dataset: data.Dataset | None = None) -> dict:
     """``--mode eval``: evaluates the run's last (or best) checkpoint with ``config.eval``
     and writes the ``eval`` section of ``report.json``, naming the step it evaluated."""
-    model = load_trained(workdir, best=config.eval.use_best)
-    dataset = dataset if dataset is not None else data.load_dataset(config.data)
+    if config.model.get("torch_checkpoint"):
+        dataset = dataset if dataset is not None else data.load_dataset(config.data)
+        model = load_torch_model(config, dataset.info)
+        os.makedirs(workdir, exist_ok=True)
+    else:
+        model = load_trained(workdir, best=config.eval.use_best)
+        dataset = dataset if dataset is not None else data.load_dataset(config.data)
     report = read_report(workdir) or {}
     report["eval"] = evaluate_model(config, model, dataset, workdir)
     report["eval"]["evaluated_step"] = model.step
-    print(f"{workdir}: evaluated the checkpoint of step {model.step}.")
+    if config.model.get("torch_checkpoint"):
+        report["eval"]["torch_checkpoint"] = config.model.torch_checkpoint
+        print(f"{workdir}: evaluated the PyTorch checkpoint {config.model.torch_checkpoint}.")
+    else:
+        print(f"{workdir}: evaluated the checkpoint of step {model.step}.")
     write_json(os.path.join(workdir, "report.json"), report)
     shutil.rmtree(os.path.join(workdir, EVAL_STATE), ignore_errors=True)
     return report
@@ -201,6 +231,11 @@ def train_and_evaluate(
 ) -> dict:
     """Trains (resuming if possible), evaluates and writes ``report.json``."""
     validate(config)
+    if config.model.get("torch_checkpoint"):
+        raise configlib.ConfigError(
+            "config key 'model.torch_checkpoint' imports a trained PyTorch model: use it with "
+            "--mode eval or --mode analyze, not --mode train"
+        )
     dataset, result, seconds = _train(config, workdir, eval_hook, dataset)
     model = _chosen(config, result)
     start = time.time()
@@ -229,9 +264,13 @@ def train_or_load(
     """The trained model of ``config`` in ``workdir``, training it first if needed.
 
     A finished run is restored without training; an unfinished one resumes. With
-    ``config.eval.use_best`` the best validation checkpoint is returned.
+    ``config.eval.use_best`` the best validation checkpoint is returned. With
+    ``config.model.torch_checkpoint`` set, the imported PyTorch model is returned.
     """
     validate(config)
+    if config.model.get("torch_checkpoint"):
+        dataset = dataset if dataset is not None else data.load_dataset(config.data)
+        return load_torch_model(config, dataset.info)
     _, result, _ = _train(config, workdir, eval_hook, dataset)
     return _chosen(config, result)
 

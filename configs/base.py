@@ -56,7 +56,9 @@ def get_base_config() -> ml_collections.ConfigDict:
             flip=False,  # augmentation: random horizontal flip
         )
     )
-    c.model = ml_collections.ConfigDict(dict(name="small_cnn"))
+    # torch_checkpoint: a PyTorch state-dict file to evaluate or analyse instead of a
+    # trained run (--mode eval / analyze); model.name and its fields pick the converter.
+    c.model = ml_collections.ConfigDict(dict(name="small_cnn", torch_checkpoint=""))
 
     c.train = ml_collections.ConfigDict()
     c.train.objective = ml_collections.ConfigDict(dict(name="standard"))

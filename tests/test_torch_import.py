@@ -344,3 +344,75 @@ def test_from_model_config_reads_the_config_fields(tmp_path):
     np.testing.assert_allclose(
         _flax_logits(module, variables, x), _torch_logits(net, x), rtol=0, atol=TOLERANCE
     )
+
+
+# --- The launcher: --config.model.torch_checkpoint with --mode eval -----------------------
+
+_LAUNCH_CONFIG = """
+import sys
+sys.path.insert(0, {root!r})
+from configs import base
+
+
+def get_config(arg=None):
+    c = base.get_base_config()
+    c.data.update(dict(name="spurious", base="mnist", classes=(3, 8), num_train=200,
+                       num_test=64, seed=0))
+    c.model = base.ml_collections.ConfigDict(
+        dict(name="rb_preact_resnet", widths=(8, 8, 16, 16), torch_checkpoint=""))
+    c.eval.batch_size = 32
+    c.eval.num_examples = 64
+    c.eval.sanity_checks = False
+    c.eval.attacks = base.ml_collections.ConfigDict(
+        dict(fgsm=dict(name="fgsm", eps=base.eps_ref(c))))
+    c.train.progress = False
+    return c
+"""
+
+
+def _launch_config(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = tmp_path / "imported.py"
+    path.write_text(_LAUNCH_CONFIG.format(root=root))
+    return str(path)
+
+
+def test_launcher_evaluates_a_torch_checkpoint_with_torchs_clean_accuracy(tmp_path, capsys):
+    import json
+
+    import ml_collections
+
+    from advjax.data import load_dataset
+    from launch.main import main
+
+    net = tm.randomise(tm.PreActResNet((8, 8, 16, 16), num_classes=2), seed=11)
+    ckpt = tmp_path / "preact.pt"
+    torch.save(net.state_dict(), ckpt)
+    config, workdir = _launch_config(tmp_path), str(tmp_path / "eval")
+    argv = ["--config", config, "--workdir", workdir, "--mode", "eval"]
+    assert main([*argv, f"--config.model.torch_checkpoint={ckpt}"]) == 0
+    with open(os.path.join(workdir, "report.json")) as f:
+        report = json.load(f)["eval"]
+    data = load_dataset(
+        ml_collections.ConfigDict(
+            dict(name="spurious", base="mnist", classes=(3, 8), num_train=200, num_test=64)
+        )
+    )
+    x, y = np.asarray(data.test_x[:64]), np.asarray(data.test_y[:64])
+    torch_accuracy = float(np.mean(np.argmax(_torch_logits(net, x), axis=1) == y))
+    assert report["num_examples"] == 64
+    assert report["clean_accuracy"] == torch_accuracy
+    assert report["torch_checkpoint"] == str(ckpt)
+
+    # A missing file and a state dict of another architecture: one line, exit code 2.
+    capsys.readouterr()
+    assert main([*argv, f"--config.model.torch_checkpoint={tmp_path / 'none.pt'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("advjax: error:") and "none.pt" in err and "\n" not in err
+    other = tmp_path / "other.pt"
+    torch.save(
+        tm.randomise(tm.PreActResNet((8, 8, 16, 32), num_classes=2), seed=12).state_dict(), other
+    )
+    assert main([*argv, f"--config.model.torch_checkpoint={other}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "wrong shape" in err and "\n" not in err
