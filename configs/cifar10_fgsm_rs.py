@@ -35,7 +35,10 @@ def cifar10_eval_attacks(eps):
     return base.ml_collections.ConfigDict(
         dict(
             pgd50_r10=base.pgd_attack(eps=eps, step_size=2 / 255, num_steps=50, num_restarts=10),
-            ensemble=dict(name="ensemble", eps=eps, attacks=("apgd_ce", "apgd_t", "square")),
+            # version='standard' | 'plus' | 'rand' runs AutoAttack's own (see ensemble.py).
+            ensemble=dict(
+                name="ensemble", eps=eps, version="", attacks=("apgd_ce", "apgd_t", "square")
+            ),
         )
     )
 
