@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from advjax.analysis import mutual_information as mi
+from tests.helpers import CompileCounter
 
 RHOS = (0.0, 0.5, 0.9)
 
@@ -91,7 +92,11 @@ def test_gaussian_multivariate_block():
 
 
 def ksg_brute_force(x: np.ndarray, z: np.ndarray, k: int) -> float:
-    """Direct transcription of KSG estimator 1 (Kraskov et al. 2004, eq. 8) with numpy."""
+    """KSG estimator 1 (Kraskov et al. 2004, eq. 8) over all pairs with numpy.
+
+    Marginal counts take the samples within nextafter(eps_i, 0): strictly closer than
+    eps_i, and exact duplicates when eps_i = 0 (scikit-learn's convention).
+    """
     from scipy.special import digamma
 
     n = len(x)
@@ -100,18 +105,82 @@ def ksg_brute_force(x: np.ndarray, z: np.ndarray, k: int) -> float:
     np.fill_diagonal(dx, np.inf)
     np.fill_diagonal(dz, np.inf)
     eps = np.sort(np.maximum(dx, dz), axis=1)[:, k - 1]
-    nx = (dx < eps[:, None]).sum(1)
-    nz = (dz < eps[:, None]).sum(1)
+    radius = np.nextafter(eps, np.zeros_like(eps))
+    nx = (dx <= radius[:, None]).sum(1)
+    nz = (dz <= radius[:, None]).sum(1)
     return float(digamma(k) + digamma(n) - np.mean(digamma(nx + 1) + digamma(nz + 1)))
 
 
-def test_ksg_matches_brute_force_and_is_chunk_invariant():
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((150, 2))
-    z = x[:, :1] ** 2 + 0.5 * rng.standard_normal((150, 1))
-    ref = ksg_brute_force(x, z, k=4)
-    for chunk in (7, 64, 150):
-        assert float(mi.ksg_mi(x, z, k=4, chunk_size=chunk)) == pytest.approx(ref, abs=1e-4)
+def ksg_samples(n: int, seed: int, *, dim_x: int = 1, step: float | None = None):
+    """A nonlinear dependence; ``step`` rounds the values to a grid, creating many ties."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim_x))
+    z = x[:, :1] ** 2 + 0.5 * rng.standard_normal((n, 1))
+    if step is not None:
+        x, z = np.round(x / step) * step, np.round(z / step) * step
+    return x.astype(np.float32), z.astype(np.float32)
+
+
+def test_sorted_counts_equal_brute_force_counts_with_ties():
+    # Values on a grid of 1/4 and radii equal to exact differences: every count has ties
+    # at the boundary, which the binary search on rounded differences must keep.
+    rng = np.random.default_rng(0)
+    v = (rng.integers(-20, 21, 500) / 4.0).astype(np.float32)
+    radius = (rng.integers(0, 12, 500) / 4.0).astype(np.float32)
+    radius[::7] = np.nextafter(radius[::7], np.float32(0))  # just inside a tie
+    brute = (np.abs(v[:, None] - v[None, :]) <= radius[:, None]).sum(1)
+    counts = mi._sorted_count(jnp.sort(jnp.asarray(v)), jnp.asarray(v), jnp.asarray(radius))
+    np.testing.assert_array_equal(np.asarray(counts), brute)
+    # The same through the marginal helper (self excluded), 1-D and a chunked 2-D marginal.
+    np.testing.assert_array_equal(np.asarray(mi._marginal_count(v[:, None], radius, 64)), brute - 1)
+    v2 = np.stack([v, np.roll(v, 1)], axis=1)
+    brute2 = (np.abs(v2[:, None] - v2[None]).max(-1) <= radius[:, None]).sum(1)
+    np.testing.assert_array_equal(np.asarray(mi._marginal_count(v2, radius, 64)), brute2 - 1)
+
+
+@pytest.mark.parametrize("step", (None, 0.25))
+def test_slab_search_gives_exact_neighbour_distances(step):
+    x, z = ksg_samples(400, seed=1, step=step)
+    order = np.argsort(x[:, 0], kind="stable")
+    x, z = x[order], z[order]
+    dx = np.abs(x[:, None] - x[None]).max(-1)
+    dz = np.abs(z[:, None] - z[None]).max(-1)
+    joint = np.maximum(dx, dz)
+    np.fill_diagonal(joint, np.inf)
+    brute = np.sort(joint, axis=1)[:, 2]
+    eps, exact = mi._slab_kth_distance(
+        jnp.asarray(x), jnp.asarray(z), 3, 64, *mi.ksg_layout(400, 3)
+    )
+    eps, exact = np.asarray(eps), np.asarray(exact)
+    assert exact.any()
+    np.testing.assert_array_equal(eps[exact], brute[exact])  # a proof is never wrong
+    filled = mi._fill_inexact(jnp.asarray(x), jnp.asarray(z), eps, exact, 3, 16)
+    np.testing.assert_array_equal(np.asarray(filled), brute)
+
+
+@pytest.mark.parametrize(
+    "dim_x,step,k,chunks", [(1, None, 3, (7, 300)), (1, 0.25, 3, (64,)), (2, None, 4, (64,))]
+)
+def test_ksg_matches_brute_force_both_methods_any_chunk(dim_x, step, k, chunks):
+    x, z = ksg_samples(300, seed=3, dim_x=dim_x, step=step)
+    ref = ksg_brute_force(x.astype(np.float64), z.astype(np.float64), k)
+    for method in ("sorted", "dense"):
+        for chunk in chunks:
+            est = float(mi.ksg_mi(x, z, k=k, chunk_size=chunk, method=method))
+            assert est == pytest.approx(ref, abs=2e-6), (method, chunk)
+    clipped = float(mi.ksg_mi(x, z, k=k, clip_at_zero=True))
+    assert clipped == pytest.approx(max(ref, 0.0), abs=2e-6)
+
+
+def test_ksg_agrees_with_scikit_learn():
+    cc = pytest.importorskip("sklearn.feature_selection._mutual_info")
+    for rho in RHOS:
+        x, z = bivariate(rho, 3000, seed=10)
+        # The same points for both: scikit-learn's internal estimator, without its
+        # rescaling and 1e-10 noise, on the float32 values widened to float64.
+        theirs = cc._compute_mi_cc(x[:, 0].astype(np.float64), z[:, 0].astype(np.float64), 3)
+        ours = float(mi.ksg_mi(x, z, k=3, clip_at_zero=True))
+        assert ours == pytest.approx(theirs, abs=1e-5), rho
 
 
 @pytest.mark.parametrize("rho", RHOS)
@@ -129,6 +198,16 @@ def test_ksg_is_invariant_to_monotone_maps_of_each_variable():
     warped = float(mi.ksg_mi(np.exp(x), z**3))
     assert abs(base - gaussian_truth(0.7)) < 0.05
     assert abs(warped - gaussian_truth(0.7)) < 0.1
+
+
+def test_ksg_rejects_bad_arguments():
+    x, z = bivariate(0.5, 50, seed=0)
+    with pytest.raises(ValueError, match="k must be"):
+        mi.ksg_mi(x, z, k=50)
+    with pytest.raises(ValueError, match="method"):
+        mi.ksg_mi(x, z, method="kdtree")
+    with pytest.raises(ValueError, match="same number of rows"):
+        mi.ksg_mi(x, z[:-1])
 
 
 # ------------------------------------------------------------------------------ variational
@@ -210,10 +289,11 @@ def test_chunked_map_matches_direct_call():
     np.testing.assert_allclose(out["sum"], x[:, 0])
 
 
-def test_ksg_compiles_once_per_shape():
+@pytest.mark.parametrize("method", ("sorted", "dense"))
+def test_ksg_compiles_once_per_shape(method):
     x, z = bivariate(0.5, 300, seed=8)
-    mi.ksg_mi(x, z, chunk_size=100)
-    before = mi._ksg_mi_jit._cache_size()
+    float(mi.ksg_mi(x, z, chunk_size=100, method=method))
     x2, z2 = bivariate(0.3, 300, seed=9)
-    mi.ksg_mi(x2, z2, chunk_size=100)
-    assert mi._ksg_mi_jit._cache_size() == before
+    with CompileCounter() as counter:
+        float(mi.ksg_mi(x2, z2, chunk_size=100, method=method))
+    assert counter.count == 0, counter.names

@@ -11,8 +11,11 @@ Estimators (all in nats):
 * ``gaussian_mi``: closed form for jointly Gaussian variables,
   I = (log det S_x + log det S_z - log det S) / 2, from (streamed) sample covariances.
 * ``ksg_mi``: Kraskov, Stoegbauer and Grassberger (2004), estimator 1,
-  I = psi(k) + psi(N) - < psi(n_x + 1) + psi(n_z + 1) >, max-norm neighbourhoods. Exact
-  O(N^2) neighbour search streamed over query chunks, so memory is O(chunk_size * N).
+  I = psi(k) + psi(N) - < psi(n_x + 1) + psi(n_z + 1) >, max-norm neighbourhoods, the
+  same estimate as scikit-learn's ``mutual_info_regression`` on the same points. On CPU
+  an exact slab-grid neighbour search and sort/binary-search marginal counts; on
+  accelerators an exact all-pairs search streamed over query chunks. Memory is
+  O(chunk_size * N) at most.
 * ``variational_mi``: lower bounds with a small flax critic f(x, z), trained by optax and
   evaluated on held-out samples: Donsker-Varadhan (MINE, Belghazi et al. 2018, with the
   moving-average gradient correction), NWJ (Nguyen, Wainwright and Jordan 2010) and InfoNCE
@@ -176,68 +179,299 @@ def gaussian_mi(
 # KSG estimator 1
 # --------------------------------------------------------------------------------------
 
+KSG_METHODS = ("auto", "sorted", "dense")
 
-def ksg_mi(x: jax.Array, z: jax.Array, *, k: int = 3, chunk_size: int = 256) -> jax.Array:
+
+def ksg_mi(
+    x: jax.Array,
+    z: jax.Array,
+    *,
+    k: int = 3,
+    chunk_size: int = 256,
+    method: str = "auto",
+    clip_at_zero: bool = False,
+) -> jax.Array:
     """Kraskov-Stoegbauer-Grassberger estimator 1 of I(X; Z) (Phys. Rev. E 69, 066138, eq. 8).
 
     For each sample i, eps_i is the max-norm distance to its k-th nearest neighbour in the
-    joint space (distance = max of the max-norm distances in X and in Z); n_x(i) and n_z(i)
-    count the other samples strictly closer than eps_i in X and in Z alone. Then
-    I = psi(k) + psi(N) - mean_i [psi(n_x(i) + 1) + psi(n_z(i) + 1)].
+    joint space (distance = max of the max-norm distances in X and in Z, ties counted with
+    multiplicity); n_x(i) and n_z(i) count the other samples within distance
+    nextafter(eps_i, 0) in X and in Z alone, i.e. strictly closer than eps_i when
+    eps_i > 0 and exact duplicates when eps_i = 0 (scikit-learn's convention). Then
+    I = psi(k) + psi(N) - mean_i [psi(n_x(i) + 1) + psi(n_z(i) + 1)], the definition of
+    scikit-learn's ``mutual_info_regression`` for one feature (which also standardises its
+    inputs, adds 1e-10-scale noise and clips at 0; see ``bench/information.py``).
+
+    Two exact neighbour searches give the same estimate:
+
+    * ``'sorted'`` (the default on CPU): samples are sorted by their first X coordinate
+      and cut into slabs of about sqrt(k N); eps_i is the k-th smallest joint distance
+      among the few samples next to sample i in the first Z coordinate within its own and
+      two neighbouring slabs on each side, exact whenever every excluded sample is
+      provably at least that far (see ``_slab_kth_distance``); the few samples where it
+      is not are searched exhaustively. Marginal counts of a 1-D variable are two binary
+      searches in its sorted values (O(N log N)); a multi-dimensional marginal is counted
+      exhaustively in chunks.
+    * ``'dense'`` (the default on accelerators): all N^2 pairs, streamed over query chunks.
 
     The estimator is not invariant to rescaling one variable relative to the other;
-    standardise each variable first if their scales differ. Duplicate points (discrete data)
-    make eps_i zero; add tiny noise in that case.
+    standardise each variable first if their scales differ.
 
     Args:
       x: [N, ...] samples of X (rows flattened).
       z: [N, ...] samples of Z.
       k: number of neighbours.
-      chunk_size: query rows per chunk; memory is O(chunk_size * N * (d_x + d_z)).
+      chunk_size: query rows per chunk. Peak memory is O(chunk_size * N * (d_x + d_z))
+        for 'dense', the exhaustive fallback and multi-dimensional marginals, and
+        O(chunk_size * (d_x + d_z)) per candidate for the slab search (120 candidates
+        for k <= 6).
+      method: 'auto', 'sorted' or 'dense'.
+      clip_at_zero: return max(I, 0) as scikit-learn does. Off by default: the raw
+        estimate is the one that averages without bias over repeated samples.
 
     Returns:
       Scalar MI estimate in nats.
     """
     x, z = _as_2d(x), _as_2d(z)
     n = x.shape[0]
+    if z.shape[0] != n:
+        raise ValueError(f"ksg_mi: x and z need the same number of rows, got {n} and {z.shape[0]}")
     if not 1 <= k < n:
         raise ValueError(f"ksg_mi: k must be in [1, {n - 1}], got {k}")
-    return _ksg_mi_jit(x, z, k=k, chunk_size=min(chunk_size, n))
+    if method not in KSG_METHODS:
+        raise ValueError(f"ksg_mi: method got {method!r}; allowed: {list(KSG_METHODS)}")
+    if method == "auto":
+        method = "sorted" if jax.default_backend() == "cpu" else "dense"
+    dtype = jnp.result_type(x.dtype, z.dtype, jnp.float32)
+    x, z = x.astype(dtype), z.astype(dtype)
+    chunk = max(1, min(int(chunk_size), n))
+    if method == "dense":
+        mi = _ksg_mi_jit(x, z, k=k, chunk_size=chunk)
+    else:
+        mi = _ksg_mi_sorted_jit(x, z, k=k, chunk_size=chunk, layout=ksg_layout(n, k))
+    return jnp.maximum(mi, 0.0) if clip_at_zero else mi
 
 
 def _kth_smallest(d: jax.Array, k: int) -> jax.Array:
-    """k-th smallest entry of each row (ties counted with multiplicity).
+    """k-th smallest entry of each row of ``d`` (ties counted with multiplicity).
 
-    For the small k of KSG, k passes of argmin-and-remove cost O(k n) per row; XLA's
-    sort-based top_k on CPU costs O(n log n) and dominates the estimator at large n.
+    k passes of a masked min and a count, each one fused reduction over the row: the
+    t-th pass finds the t-th smallest distinct value m_t and the result is the first m_t
+    with #{d <= m_t} >= k. O(k n) per row; XLA's sort-based top_k costs O(n log n).
     """
-    if k > 8:
-        return -jax.lax.top_k(-d, k)[0][:, -1]
-    rows = jnp.arange(d.shape[0])
-    for _ in range(k - 1):
-        d = d.at[rows, jnp.argmin(d, axis=1)].set(jnp.inf)
-    return jnp.min(d, axis=1)
+    below = jnp.full(d.shape[:-1], -jnp.inf, d.dtype)
+    result = jnp.full(d.shape[:-1], jnp.inf, d.dtype)
+    found = jnp.zeros(d.shape[:-1], bool)
+    for _ in range(k):
+        m = jnp.min(jnp.where(d > below[..., None], d, jnp.inf), axis=-1)
+        enough = jnp.sum(d <= m[..., None], axis=-1) >= k
+        result = jnp.where(~found & enough, m, result)
+        found = found | enough
+        below = m
+    return result
+
+
+def _max_norm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """[q, m] max-norm distances between rows of a [q, d] and b [m, d]."""
+    return jnp.max(jnp.abs(a[:, None, :] - b[None, :, :]), axis=-1)
+
+
+def _dense_kth_distance(x, z, xq, zq, iq, k):
+    """Exact eps for query rows (xq, zq) with indices iq against all samples."""
+    joint = jnp.maximum(_max_norm(xq, x), _max_norm(zq, z))
+    joint = jnp.where(iq[:, None] == jnp.arange(x.shape[0])[None, :], jnp.inf, joint)
+    return _kth_smallest(joint, k)
+
+
+def _dense_count(v, vq, radius):
+    """#{j : ||v_j - vq_i||_max <= radius_i}, the query itself included if it is a sample."""
+    return jnp.sum(_max_norm(vq, v) <= radius[:, None], axis=1)
+
+
+def _first_true(sorted_values, query, predicate, *, lo=None, hi=None, steps=None):
+    """Smallest j in [lo, hi) with predicate(sorted_values[j] - query) (hi if none), by bisection.
+
+    ``predicate`` must be monotone in j, which holds for a threshold on the rounded
+    difference: rounding is monotone, so fl(v_j - q) is non-decreasing in sorted v_j.
+    Searching on the same rounded differences as a brute-force count keeps ties exact.
+    Defaults search the whole array; ``steps`` bounds hi - lo when lo and hi are given.
+    """
+    n = sorted_values.shape[0]
+    shape = jnp.broadcast_shapes(jnp.shape(query), jnp.shape(lo), jnp.shape(hi))
+    lo = jnp.broadcast_to(jnp.zeros((), jnp.int32) if lo is None else lo, shape)
+    hi = jnp.broadcast_to(jnp.full((), n, jnp.int32) if hi is None else hi, shape)
+    for _ in range(max(1, math.ceil(math.log2((n if steps is None else steps) + 1)))):
+        mid = (lo + hi) // 2
+        ok = predicate(_take(sorted_values, jnp.minimum(mid, n - 1)) - query) & (mid < hi)
+        hi = jnp.where(ok, mid, hi)
+        lo = jnp.where(ok | (lo >= hi), lo, mid + 1)
+    return lo
+
+
+def _sorted_count(sorted_values, query, radius):
+    """#{j : |v_j - q_i| <= radius_i} for 1-D samples, two binary searches per query."""
+    first_inside = _first_true(sorted_values, query, lambda d: d >= -radius)
+    first_beyond = _first_true(sorted_values, query, lambda d: d > radius)
+    return first_beyond - first_inside
+
+
+def _marginal_count(v, radius, chunk_size):
+    """Samples within ``radius`` of each sample in one marginal, the sample itself excluded."""
+    if v.shape[1] == 1:
+        counts = _sorted_count(jnp.sort(v[:, 0]), v[:, 0], radius)
+    else:
+        counts = chunked_map(lambda vq, r: _dense_count(v, vq, r), v, radius, chunk_size=chunk_size)
+    return counts - 1
+
+
+def _ksg_from_counts(n_x, n_z, k, n):
+    psi = digamma(n_x + 1.0) + digamma(n_z + 1.0)
+    return digamma(float(k)) + digamma(float(n)) - jnp.mean(psi)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "chunk_size"))
 def _ksg_mi_jit(x: jax.Array, z: jax.Array, *, k: int, chunk_size: int) -> jax.Array:
+    """KSG with all-pairs distances streamed over query chunks (suits accelerators)."""
     n = x.shape[0]
-    index = jnp.arange(n)
 
     def rows(xq, zq, iq):
-        dx = jnp.max(jnp.abs(xq[:, None, :] - x[None, :, :]), axis=-1)
-        dz = jnp.max(jnp.abs(zq[:, None, :] - z[None, :, :]), axis=-1)
-        self_mask = iq[:, None] == index[None, :]
-        dx = jnp.where(self_mask, jnp.inf, dx)
-        dz = jnp.where(self_mask, jnp.inf, dz)
-        joint = jnp.maximum(dx, dz)
-        eps = _kth_smallest(joint, k)
-        n_x = jnp.sum(dx < eps[:, None], axis=1)
-        n_z = jnp.sum(dz < eps[:, None], axis=1)
-        return digamma(n_x + 1.0) + digamma(n_z + 1.0)
+        eps = _dense_kth_distance(x, z, xq, zq, iq, k)
+        radius = jnp.nextafter(eps, jnp.zeros_like(eps))
+        return _dense_count(x, xq, radius) - 1, _dense_count(z, zq, radius) - 1
 
-    psi_terms = chunked_map(rows, x, z, index, chunk_size=chunk_size)
-    return digamma(float(k)) + digamma(float(n)) - jnp.mean(psi_terms)
+    n_x, n_z = chunked_map(rows, x, z, jnp.arange(n), chunk_size=chunk_size)
+    return _ksg_from_counts(n_x, n_z, k, n)
+
+
+def ksg_layout(n: int, k: int) -> tuple[int, int, int]:
+    """(slab, reach, per_side) of the sorted search for N samples and k neighbours.
+
+    Slabs of about sqrt(k N) samples consecutive in the first X coordinate; a query looks
+    at ``reach`` slabs on each side of its own and at ``per_side`` samples above and below
+    it in the first Z coordinate within each. For independent variables the k-th
+    neighbour distance spans about sqrt(k N) / 2 samples in either coordinate's order,
+    so these sizes leave well under 1% of the samples to the exhaustive fallback.
+    """
+    slab = int(min(n, max(2 * k + 2, math.ceil(math.sqrt(k * n)))))
+    return slab, 2, int(max(2 * k, 12))
+
+
+def _kth_smallest_unrolled(d: jax.Array, k: int) -> jax.Array:
+    """k-th smallest along axis 0 (ties with multiplicity) for a short leading axis.
+
+    An insertion network over the rows keeps the k smallest so far elementwise, so every
+    operation is a vectorised min or max across queries (no reduction along a short
+    minor axis, which XLA:CPU vectorises poorly).
+    """
+    best = [jnp.full(d.shape[1:], jnp.inf, d.dtype) for _ in range(k)]
+    for row in d:
+        carry = row
+        for j in range(k):
+            best[j], carry = jnp.minimum(best[j], carry), jnp.maximum(best[j], carry)
+    return best[-1]
+
+
+def _take(a: jax.Array, index: jax.Array) -> jax.Array:
+    """a[index] for indices already clipped into range (skips XLA's bounds handling)."""
+    return a.at[index].get(mode="promise_in_bounds")
+
+
+def _slab_kth_distance(x, z, k, chunk_size, slab, reach, per_side):
+    """eps from a few neighbours of each sample in a slab grid, and whether it is proven exact.
+
+    Rows are sorted by x[:, 0] and cut into slabs of ``slab`` consecutive rows; within each
+    slab a second order sorts by z[:, 0]. A query's candidates are the ``per_side``
+    samples on either side of it in z[:, 0] within its own slab and the ``reach`` slabs on
+    each side. Any other sample is, in the joint max-norm, at least as far as the nearest
+    excluded neighbour in x[:, 0] (beyond the outer slabs) or in z[:, 0] (beyond the
+    candidates of its slab); rounding is monotone, so if all those gaps are >= the
+    candidates' k-th distance, that distance is the exact eps. A neighbouring slab's
+    z-gap may be replaced by its distance in x[:, 0], whichever is larger.
+    """
+    n = x.shape[0]
+    num_slabs = -(-n // slab)
+    perm = jnp.lexsort((z[:, 0], jnp.arange(n) // slab)).astype(jnp.int32)
+    xs, zs, zkey, x_key = x[perm], z[perm], z[perm, 0], x[:, 0]
+
+    def rows(xq, zq, iq):
+        s = iq // slab
+        z0, x0 = zq[:, 0], xq[:, 0]
+        candidates, gap = [], jnp.full(iq.shape, jnp.inf, x.dtype)
+        for offset in range(-reach, reach + 1):
+            t = s + offset
+            in_grid = (t >= 0) & (t < num_slabs)
+            start = jnp.clip(t, 0, num_slabs - 1) * slab
+            end = jnp.minimum(start + slab, n)
+            pos = _first_true(zkey, z0, lambda d: d >= 0, lo=start, hi=end, steps=slab)
+            for shift in range(-per_side, per_side):
+                idx = pos + shift
+                ok = in_grid & (idx >= start) & (idx < end)
+                idx = jnp.clip(idx, 0, n - 1)
+                ok = ok & (_take(perm, idx) != iq)
+                joint = jnp.maximum(
+                    jnp.max(jnp.abs(_take(xs, idx) - xq), axis=-1),
+                    jnp.max(jnp.abs(_take(zs, idx) - zq), axis=-1),
+                )
+                candidates.append(jnp.where(ok, joint, jnp.inf))
+            below, above = pos - per_side - 1, pos + per_side
+            gap_below = jnp.abs(_take(zkey, jnp.clip(below, 0, n - 1)) - z0)
+            gap_above = jnp.abs(_take(zkey, jnp.clip(above, 0, n - 1)) - z0)
+            slab_gap = jnp.minimum(
+                jnp.where(below >= start, gap_below, jnp.inf),
+                jnp.where(above < end, gap_above, jnp.inf),
+            )
+            if offset:
+                # Every sample of a neighbouring slab is at least this far in x[:, 0].
+                nearest = jnp.clip(end - 1 if offset < 0 else start, 0, n - 1)
+                slab_gap = jnp.maximum(slab_gap, jnp.abs(_take(x_key, nearest) - x0))
+            gap = jnp.minimum(gap, jnp.where(in_grid, slab_gap, jnp.inf))
+        eps = _kth_smallest_unrolled(jnp.stack(candidates), k)
+        lower, upper = (s - reach) * slab - 1, (s + reach + 1) * slab
+        gap_lower = jnp.abs(_take(x_key, jnp.clip(lower, 0, n - 1)) - x0)
+        gap_upper = jnp.abs(_take(x_key, jnp.clip(upper, 0, n - 1)) - x0)
+        gap = jnp.minimum(gap, jnp.where(lower >= 0, gap_lower, jnp.inf))
+        gap = jnp.minimum(gap, jnp.where(upper < n, gap_upper, jnp.inf))
+        return eps, (gap >= eps) & jnp.isfinite(eps)
+
+    return chunked_map(rows, x, z, jnp.arange(n, dtype=jnp.int32), chunk_size=chunk_size)
+
+
+def _fill_inexact(x, z, eps, exact, k, chunk_size):
+    """Exhaustive eps for the samples whose slab search did not prove exact, chunk by chunk.
+
+    The number of such samples is data-dependent, so a while loop walks over chunks of
+    their indices (listed first by a size-n nonzero) with static shapes throughout.
+    """
+    n = x.shape[0]
+    num_chunks = -(-n // chunk_size)
+    (todo,) = jnp.nonzero(~exact, size=num_chunks * chunk_size, fill_value=0)
+    count = jnp.sum(~exact)
+
+    def body(state):
+        c, eps = state
+        iq = jax.lax.dynamic_slice_in_dim(todo, c * chunk_size, chunk_size)
+        # Fill entries (index 0) recompute sample 0 exactly, so they are harmless.
+        return c + 1, eps.at[iq].set(_dense_kth_distance(x, z, x[iq], z[iq], iq, k))
+
+    _, eps = jax.lax.while_loop(lambda s: s[0] * chunk_size < count, body, (0, eps))
+    return eps
+
+
+@functools.partial(jax.jit, static_argnames=("k", "chunk_size", "layout"))
+def _ksg_mi_sorted_jit(
+    x: jax.Array, z: jax.Array, *, k: int, chunk_size: int, layout: tuple[int, int, int]
+) -> jax.Array:
+    """KSG with a slab grid search for eps and binary searches for 1-D marginals."""
+    n = x.shape[0]
+    order = jnp.argsort(x[:, 0])
+    x, z = x[order], z[order]
+    eps, exact = _slab_kth_distance(x, z, k, chunk_size, *layout)
+    # Few samples need the exhaustive search: small chunks waste less on padding.
+    eps = _fill_inexact(x, z, eps, exact, k, min(chunk_size, 64))
+    radius = jnp.nextafter(eps, jnp.zeros_like(eps))
+    n_x = _marginal_count(x, radius, chunk_size)
+    n_z = _marginal_count(z, radius, chunk_size)
+    return _ksg_from_counts(n_x, n_z, k, n)
 
 
 # --------------------------------------------------------------------------------------
