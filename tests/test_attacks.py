@@ -276,10 +276,14 @@ def test_builders_validate_with_messages_naming_the_key():
         ("pgd", {"eps": 0.1, "epz": 1}, "unknown config key 'epz'"),
         ("pgd", {}, "'eps' is required"),
         ("fgsm", {"eps": 0.1, "targeted": True, "loss": "dlr"}, "'loss' got 'dlr'"),
-        ("apgd_ce", {"eps": 0.1, "norm": "l1"}, "'norm' got 'l1'"),
+        ("apgd_ce", {"eps": 0.1, "norm": "l3"}, "'norm' got 'l3'"),
+        ("apgd_ce", {"eps": 0.1, "eot_samples": 0}, "'eot_samples' must be >= 1"),
         ("apgd_t", {"eps": 0.1, "num_targets": 0}, "'num_targets' must be >= 1"),
         ("square", {"eps": 0.1, "p_init": 1.5}, "'p_init' must be <= 1.0"),
-        ("ensemble", {"eps": 0.1, "attacks": ["apgd_ce", "fab"]}, "'attacks' got 'fab'"),
+        ("ensemble", {"eps": 0.1, "attacks": ["apgd_ce", "pgd"]}, "'attacks' got 'pgd'"),
+        ("ensemble", {"eps": 0.1, "version": "fast"}, "'version' got 'fast'"),
+        ("fab_t", {"eps": 0.1, "eta": 0.5}, "'eta' must be >= 1.0"),
+        ("fab_t", {"eps": 0.1, "norm": "l3"}, "'norm' got 'l3'"),
     ]
     for name, cfg, message in cases:
         with pytest.raises(ValueError, match=message):
