@@ -550,9 +550,10 @@ def ensemble(name, module, variables, net, x_np, y_np, correct, n, args, jdev, t
             med[side] = round(statistics.median(r[stage][0] for r in rounds[side]), 3)
         report["stages"][stage] = {
             "median_s": med,
-            "ratio_advjax_over_torchattacks": round(
-                med["advjax"] / max(med["torchattacks"], 1e-9), 3
-            ),  # fmt: skip
+            # No ratio for a stage left without points on either side.
+            "ratio_advjax_over_torchattacks": (
+                round(med["advjax"] / med["torchattacks"], 3) if med["torchattacks"] > 0 else None
+            ),
             "points_attacked": {s: outs[s][stage][1] for s in outs},
             "robust_accuracy_after": {s: outs[s][stage][2] for s in outs},
             "advjax_compile_s": round(stages[stage][0].compile_s, 2),
