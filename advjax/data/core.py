@@ -2,7 +2,8 @@
 
 Every source returns a `Dataset`: float32 inputs in ``info.bounds`` (images NHWC in
 [0, 1]), int32 labels and metadata. Batching is a pure function of (seed, step), so a
-resumed run sees exactly the batches an uninterrupted one would.
+resumed run sees exactly the batches an uninterrupted one would; in a multi-process run
+each process reads its share of every global batch (seed, step, process).
 """
 
 from __future__ import annotations
@@ -122,18 +123,36 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(num_examples // batch_size, 1)
 
 
-def batch_indices(step: int, *, num_examples: int, batch_size: int, seed: int) -> np.ndarray:
-    """Indices of the training batch at global ``step``.
+def batch_indices(
+    step: int,
+    *,
+    num_examples: int,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> np.ndarray:
+    """Indices of the training batch at global ``step``, or of one process's share of it.
 
     Each epoch is a fresh permutation drawn from ``(seed, epoch)``, so the batch depends
-    only on (seed, step): resuming at any step reproduces the same sequence.
+    only on (seed, step): resuming at any step reproduces the same sequence. With several
+    processes, process ``p`` of ``P`` gets rows ``[p B / P, (p + 1) B / P)`` of the global
+    batch of ``B = batch_size`` rows, the rows its devices hold on a process-major
+    ``data`` mesh; together the processes read the same global batch as one process.
     """
+    if batch_size % process_count or not 0 <= process_index < process_count:
+        raise ValueError(
+            f"batch_indices: a batch of {batch_size} cannot be split into {process_count} "
+            f"equal shares (process {process_index})"
+        )
     per_epoch = steps_per_epoch(num_examples, batch_size)
     epoch, within = divmod(int(step), per_epoch)
     perm = np.random.default_rng([int(seed), epoch]).permutation(num_examples)
     if num_examples < batch_size:  # Tiny datasets: sample with wrap-around.
         perm = np.resize(perm, batch_size)
-    return perm[within * batch_size : (within + 1) * batch_size]
+    batch = perm[within * batch_size : (within + 1) * batch_size]
+    share = batch_size // process_count
+    return batch[process_index * share : (process_index + 1) * share]
 
 
 def augment(key: jax.Array, x: jax.Array, *, crop_padding: int = 0, flip: bool = False):
