@@ -297,7 +297,8 @@ def _first_true(sorted_values, query, predicate, *, lo=None, hi=None, steps=None
     Defaults search the whole array; ``steps`` bounds hi - lo when lo and hi are given.
     """
     n = sorted_values.shape[0]
-    shape = jnp.broadcast_shapes(jnp.shape(query), jnp.shape(lo), jnp.shape(hi))
+    bounds = [jnp.shape(b) for b in (lo, hi) if b is not None]
+    shape = jnp.broadcast_shapes(jnp.shape(query), *bounds)
     lo = jnp.broadcast_to(jnp.zeros((), jnp.int32) if lo is None else lo, shape)
     hi = jnp.broadcast_to(jnp.full((), n, jnp.int32) if hi is None else hi, shape)
     for _ in range(max(1, math.ceil(math.log2((n if steps is None else steps) + 1)))):
