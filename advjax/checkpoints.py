@@ -8,6 +8,11 @@ tree; a checkpoint that does not fit it is reported as such, not as an orbax tra
 A damaged checkpoint (unreadable files) is skipped for the previous good one with a
 one-line warning; `Checkpointer.quarantine` moves it to ``<dir>/damaged/`` (never
 deleting it) so that a resumed run can write that step again.
+
+In a multi-process run every process takes part in every save and restore (orbax
+coordinates them and process 0 writes the shared metadata); a restore target that lives
+on a mesh makes each process read only its own shards; moving a damaged checkpoint is
+done by process 0 between barriers.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from advjax import distributed
 
 
 class CheckpointError(RuntimeError):
@@ -190,11 +197,15 @@ class Checkpointer:
         manager = self._best if best else self._last
         source = os.path.join(manager.directory, str(step))
         folder = os.path.join(manager.directory, "damaged")
-        os.makedirs(folder, exist_ok=True)
+        distributed.sync(f"advjax_quarantine_{step}_start")
         dest, n = os.path.join(folder, str(step)), 1
         while os.path.exists(dest):
             dest, n = os.path.join(folder, f"{step}.{n}"), n + 1
-        shutil.move(source, dest)
+        distributed.sync(f"advjax_quarantine_{step}_named")
+        if distributed.is_main():
+            os.makedirs(folder, exist_ok=True)
+            shutil.move(source, dest)
+        distributed.sync(f"advjax_quarantine_{step}_moved")
         manager.reload()
         return dest
 

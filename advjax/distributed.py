@@ -1,4 +1,4 @@
-"""Several processes, one run: JAX's multi-controller runtime and the helpers around it.
+"""Several processes, one run: JAX's multi-controller runtime and the tools around it.
 
 A run on several hosts (a SLURM GPU cluster, a TPU pod slice, or several processes on one
 machine through ``launch/local_cluster.sh``) starts one process per host, each running the

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax import checkpoints, geometry, losses
+from advjax import checkpoints, distributed, geometry, losses
 from advjax.attacks import ATTACKS, Attack, build_attack, name_id
 from advjax.models import Model, as_model
 from advjax.progress import progress_bar
@@ -222,12 +222,20 @@ class _Runner:
 
         Outputs have the batch first (or second, after a model axis, when ``fn`` returns
         ``(model, batch)`` arrays: see ``batch_axis``); returns them per index of ``idx``.
+
+        In a multi-process run (`advjax.distributed`) batch ``j`` runs on process
+        ``j mod P`` only, with the model key it has in one process, and every process
+        receives all outputs, so each builds the same report; every process must call
+        ``run`` with the same arguments.
         """
         idx = np.asarray(idx, dtype=np.int64)
-        outs: list[list[np.ndarray]] = []
-        for start in range(0, len(idx), self.batch_size):
+        rank, size = distributed.process_index(), distributed.process_count()
+        done: dict[int, list[np.ndarray]] = {}
+        for j, start in enumerate(range(0, len(idx), self.batch_size)):
             b = idx[start : start + self.batch_size]
             model_key = self.next_model_key()
+            if j % size != rank:
+                continue
             name = self.store.batch_name(self.stage, b) if self.store is not None else None
             res = self.store.load(name) if name is not None else None
             if res is None:
@@ -240,9 +248,13 @@ class _Runner:
                 res = [np.asarray(r)[..., : len(b)] for r in res]
                 if name is not None:
                     self.store.save(name, res)
-            outs.append(res)
+            done[j] = res
             if self.pbar is not None:
                 self.pbar.update(len(b))
+        if size > 1:
+            for part in distributed.allgather_objects(done):
+                done.update(part)
+        outs = [done[j] for j in sorted(done)]
         if not outs:
             return []
         return [np.concatenate([o[i] for o in outs], axis=-1) for i in range(len(outs[0]))]

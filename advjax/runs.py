@@ -4,6 +4,10 @@ A run folder (``workdir``) holds ``config.json``, ``dataset_info.json``,
 ``metrics.jsonl``, ``checkpoints/`` (orbax: last K and ``best/``), ``report.json`` and
 ``figures/*.png``. Analyses use `train_or_load` to get the models they study, so a
 missing model is trained through the same resumable loop as any other run.
+
+In a multi-process run (`advjax.distributed`) every process trains and evaluates its
+share, and the records (``config.json``, ``dataset_info.json``, ``report.json``, figures)
+are written by process 0 only.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from advjax import checkpoints, configlib, data, training
+from advjax import checkpoints, configlib, data, distributed, training
 from advjax.configlib import claim_workdir, load_config, validate
 from advjax.objectives import build_objective
 from advjax.training import TrainedModel
@@ -39,6 +43,9 @@ __all__ = [
 
 
 def write_json(path: str, obj) -> None:
+    """Writes ``obj`` atomically; only process 0 writes in a multi-process run."""
+    if not distributed.is_main():
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=float)
@@ -156,7 +163,8 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
     )
     if config.eval.eps_grid and section.get("eps_sweep"):
         path = os.path.join(workdir, "figures", "robust_accuracy_vs_eps.png")
-        evaluation.plot_eps_curve(section, path)
+        if distributed.is_main():
+            evaluation.plot_eps_curve(section, path)
         section["figures"] = [os.path.relpath(path, workdir)]
     return section
 
@@ -178,10 +186,17 @@ def evaluate_run(config, workdir: str, *, dataset: data.Dataset | None = None) -
         report["eval"]["torch_checkpoint"] = config.model.torch_checkpoint
         print(f"{workdir}: evaluated the PyTorch checkpoint {config.model.torch_checkpoint}.")
     else:
-        print(f"{workdir}: evaluated the checkpoint of step {model.step}.")
+        training.print_main(f"{workdir}: evaluated the checkpoint of step {model.step}.")
     write_json(os.path.join(workdir, "report.json"), report)
-    shutil.rmtree(os.path.join(workdir, EVAL_STATE), ignore_errors=True)
+    _clear_eval_state(workdir)
     return report
+
+
+def _clear_eval_state(workdir: str) -> None:
+    """Removes the stored evaluation batches once every process is past them."""
+    distributed.sync("advjax_eval_done")
+    if distributed.is_main():
+        shutil.rmtree(os.path.join(workdir, EVAL_STATE), ignore_errors=True)
 
 
 def _evaluate_regression(config, model: TrainedModel, dataset: data.Dataset) -> dict:
@@ -215,9 +230,11 @@ def _evaluate_regression(config, model: TrainedModel, dataset: data.Dataset) -> 
 
 def _train(config, workdir: str, eval_hook=None, dataset=None):
     dataset = dataset if dataset is not None else data.load_dataset(config.data)
-    os.makedirs(workdir, exist_ok=True)
-    claim_workdir(config, workdir)
+    if distributed.is_main():
+        os.makedirs(workdir, exist_ok=True)
+        claim_workdir(config, workdir)
     write_json(os.path.join(workdir, "dataset_info.json"), dataset.info.to_dict())
+    distributed.sync("advjax_run_records")
     objective = build_objective(config.train.objective)
     if objective.prepare is not None:
         objective.prepare(dataset, load_model=lambda wd: load_trained(wd).model)
@@ -250,11 +267,12 @@ def train_and_evaluate(
         | {"finished": True, "wall_seconds_this_call": seconds, "evaluated_step": model.step},
         "eval": eval_section,
         "eval_wall_seconds": time.time() - start,
-        "devices": [str(d) for d in jax.local_devices()],
+        "devices": [str(d) for d in jax.devices()],
+        "num_processes": jax.process_count(),
     }
     checkpoints.kill_point("during_eval")
     write_json(os.path.join(workdir, "report.json"), report)
-    shutil.rmtree(os.path.join(workdir, EVAL_STATE), ignore_errors=True)
+    _clear_eval_state(workdir)
     return report
 
 

@@ -7,6 +7,13 @@ parallelism over a ``jax.sharding.Mesh`` with a ``data`` axis, periodic validati
 checkpoints (last K and best), ``metrics.jsonl`` and a progress bar. Re-running the
 same command resumes from the last checkpoint and ends with the same numbers as an
 uninterrupted run.
+
+In a multi-process run (`advjax.distributed`) the mesh spans every process's devices,
+each process loads only its rows of each global batch and assembles the global batch
+with ``jax.make_array_from_process_local_data``; validation batches are split across the
+processes and their sums gathered; ``metrics.jsonl`` and ``config.json`` come from
+process 0. The global batch, the schedule and the results do not depend on how many
+processes share the work.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from advjax import checkpoints, configlib, data, models, optim
+from advjax import checkpoints, configlib, data, distributed, models, optim
 from advjax.objectives import Forward, Objective, build_objective
 from advjax.progress import progress_bar
 
@@ -194,14 +201,18 @@ class Setup:
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-    """A 1-D mesh with axis ``data`` over the first ``num_devices`` local devices."""
-    devices = jax.local_devices()
-    if num_devices:
-        if num_devices > len(devices):
-            raise ValueError(
-                f"config key 'train.num_devices': {num_devices} requested, {len(devices)} available"
-            )
-        devices = devices[:num_devices]
+    """A 1-D mesh with axis ``data`` over the first ``num_devices`` local devices of every
+    process (all of them for 0), process by process: process ``p``'s devices hold one
+    contiguous block of each batch's rows."""
+    local = jax.local_devices()
+    if num_devices and num_devices > len(local):
+        raise ValueError(
+            f"config key 'train.num_devices': {num_devices} requested, {len(local)} available"
+        )
+    per_process: dict[int, list] = {}
+    for d in sorted(jax.devices(), key=lambda d: (d.process_index, d.id)):
+        per_process.setdefault(d.process_index, []).append(d)
+    devices = [d for p in sorted(per_process) for d in per_process[p][: num_devices or None]]
     return Mesh(np.asarray(devices), ("data",))
 
 
@@ -280,11 +291,14 @@ def batch_seed(config) -> int:
 
 
 def get_batch(s: Setup, step: int) -> dict:
+    """This process's rows of the global batch of ``step`` (all of it in one process)."""
     idx = data.batch_indices(
         step,
         num_examples=s.dataset.num_train,
         batch_size=s.config.train.batch_size,
         seed=batch_seed(s.config),
+        process_index=distributed.process_index(),
+        process_count=distributed.process_count(),
     )
     batch = {"x": s.dataset.train_x[idx], "y": s.dataset.train_y[idx]}
     batch.update({k: v[idx] for k, v in s.extras.items()})
@@ -296,10 +310,12 @@ def get_batch(s: Setup, step: int) -> dict:
 
 def trained_model(s: Setup, state: TrainState) -> TrainedModel:
     params = state.ema_params if state.ema_params is not None else state.params
+    # Attacks and analyses run per process on local data: they need local variables.
+    variables = distributed.host_local({"params": params, **state.model_state})
     return TrainedModel(
         config=s.config,
         module=s.module,
-        variables={"params": params, **state.model_state},
+        variables=variables,
         info=s.dataset.info,
         step=int(state.step),
     )
@@ -328,6 +344,12 @@ def _validation_stats(attack, model: models.Model, x, y, key, *, bounds, classif
         x_adv = attack(model, x, y, key, bounds=bounds)
         out["val_robust_accuracy"] = jnp.sum(jnp.argmax(model(x_adv), -1) == y)
     return out
+
+
+def _validation_keys(classification: bool, robust: bool) -> tuple[str, ...]:
+    if not classification:
+        return ("val_mse",)
+    return ("val_accuracy", "val_robust_accuracy") if robust else ("val_accuracy",)
 
 
 def make_validator(s: Setup) -> Callable[[TrainedModel, jax.Array], dict]:
@@ -359,7 +381,12 @@ def make_validator(s: Setup) -> Callable[[TrainedModel, jax.Array], dict]:
             return {}
         totals: dict[str, float] = {}
         n = (len(x_val) // bs) * bs  # Static shapes: the remainder is left out.
+        # Batch i runs on process i mod P with key fold_in(key, i): the sums (of counts)
+        # equal those of one process.
+        rank, size = distributed.process_index(), distributed.process_count()
         for i, start in enumerate(range(0, n, bs)):
+            if i % size != rank:
+                continue
             stats = batch_stats(
                 model.variables,
                 x_val[start : start + bs],
@@ -368,6 +395,12 @@ def make_validator(s: Setup) -> Callable[[TrainedModel, jax.Array], dict]:
             )
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
+        if size > 1:
+            names = sorted(_validation_keys(classification, attack is not None))
+            local = np.asarray([totals.get(k, 0.0) for k in names], np.float64)
+            totals = dict(
+                zip(names, distributed.allgather(local).sum(axis=0).tolist(), strict=True)
+            )
         return {k: v / n for k, v in totals.items()} | {"val_source": source, "val_examples": n}
 
     return validate
@@ -427,8 +460,11 @@ def train(
       TrainingDivergedError: the loss became non-finite; the last good checkpoint stays.
     """
     s = setup(config, dataset)
-    os.makedirs(workdir, exist_ok=True)
-    configlib.claim_workdir(config, workdir)
+    main = distributed.is_main()
+    if main:
+        os.makedirs(workdir, exist_ok=True)
+        configlib.claim_workdir(config, workdir)
+    distributed.sync("advjax_train_workdir")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     ckpt = checkpoints.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
@@ -438,6 +474,10 @@ def train(
 
     state = init_state(s, init_key)
     initial_params = state.params
+    shardings = state_shardings(state, s.mesh)
+    batch_sharding = NamedSharding(s.mesh, P("data"))
+    # The restore target lives on the mesh, so every process reads only its own shards.
+    state = distributed.global_arrays(state, shardings)
     meta: dict = {"finished": False, "best": None, "best_step": None, "stopped_early": False}
     start_step = 0
     if ckpt.latest_step() is not None:
@@ -449,18 +489,21 @@ def train(
             moved = ckpt.quarantine(bad)
             checkpoints.warn(f"the damaged checkpoint of step {bad} is kept in {moved}")
         start_step = int(state.step)
-        records = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= start_step]
-        _write_jsonl(metrics_path, records)
-        if meta.get("finished"):
-            print(f"{workdir}: training finished at step {start_step}; nothing to train.")
-        else:
-            print(f"Resuming {workdir} from step {start_step} of {s.total_steps}.")
-    elif os.path.exists(metrics_path):
+        if main:
+            records = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= start_step]
+            _write_jsonl(metrics_path, records)
+            if meta.get("finished"):
+                print(f"{workdir}: training finished at step {start_step}; nothing to train.")
+            else:
+                print(f"Resuming {workdir} from step {start_step} of {s.total_steps}.")
+    elif main and os.path.exists(metrics_path):
         _write_jsonl(metrics_path, [])
 
-    shardings = state_shardings(state, s.mesh)
-    batch_sharding = NamedSharding(s.mesh, P("data"))
     state = jax.device_put(state, shardings)
+    rows = distributed.local_rows(batch_sharding, config.train.batch_size)
+    share = config.train.batch_size // distributed.process_count()
+    if (rows.start, rows.stop) != (distributed.process_index() * share, rows.start + share):
+        raise RuntimeError(f"the mesh gives this process rows {rows}, its batch share differs")
     step_fn = jax.jit(
         make_train_step(
             s.module,
@@ -480,9 +523,11 @@ def train(
     eval_every = config.train.eval_every_steps or s.steps_per_epoch
     schedule = optim.make_schedule(config.train.optimizer, total_steps=s.total_steps)
 
-    tensorboard = _tensorboard_writer(config, workdir, start_step)
+    tensorboard = _tensorboard_writer(config, workdir, start_step) if main else None
 
     def log(record: dict) -> None:
+        if not main:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
         if tensorboard is not None:
@@ -499,7 +544,8 @@ def train(
 
     def save(step: int, *, finished: bool = False, best: bool = False) -> None:
         meta["finished"] = finished
-        host_state = jax.device_get(state)
+        # Every process saves (orbax coordinates them; process 0 writes what is shared).
+        host_state = jax.device_get(distributed.host_local(state))
         guard.check_state(step, host_state)
         ckpt.save(step, host_state, dict(meta, step=step), best=best)
 
@@ -510,14 +556,14 @@ def train(
     bar = progress_bar(
         total=s.total_steps,
         initial=start_step,
-        enabled=bool(config.train.progress),
+        enabled=bool(config.train.progress) and main,
         desc=f"train {config.train.objective.name}",
         unit="step",
     )
     step = start_step
     try:
         while step < s.total_steps and not meta["finished"]:
-            batch = jax.device_put(get_batch(s, step), batch_sharding)
+            batch = _global_batch(get_batch(s, step), batch_sharding, config.train.batch_size)
             state, metrics = step_fn(state, batch, step_key)
             step += 1
             if pending is not None:
@@ -558,7 +604,7 @@ def train(
                 ramped = step >= int(config.train.eps_ramp_fraction * s.total_steps)
                 if drop > 0 and ramped and score is not None and score < meta["best"] - drop:
                     meta["stopped_early"] = True
-                    print(
+                    print_main(
                         f"Early stop at step {step}: validation score {score:.3f} fell more than "
                         f"{drop} below its best {meta['best']:.3f} (step {meta['best_step']}); "
                         f"the best checkpoint is the result."
@@ -588,7 +634,7 @@ def train(
     model = trained_model(s, state)
     best_model = None
     if ckpt.latest_step(best=True) is not None:
-        best_state, _ = ckpt.restore(jax.device_get(state), best=True)
+        best_state, _ = ckpt.restore(jax.device_get(distributed.host_local(state)), best=True)
         best_model = trained_model(s, best_state)
     ckpt.close()
     if meta["stopped_early"] and best_model is not None:
@@ -605,6 +651,22 @@ def train(
         "num_devices": s.mesh.size,
     }
     return TrainResult(model=model, best_model=best_model, summary=summary)
+
+
+def print_main(*args, **kwargs) -> None:
+    """``print`` on process 0 only (one line per run, not per process)."""
+    if distributed.is_main():
+        print(*args, **kwargs)
+
+
+def _global_batch(local: dict, sharding: NamedSharding, batch_size: int) -> dict:
+    """The global batch from this process's rows (every process passes its own)."""
+    if distributed.process_count() == 1:
+        return jax.device_put(local, sharding)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (batch_size, *v.shape[1:]))
+        for k, v in local.items()
+    }
 
 
 def _tensorboard_writer(config, workdir: str, start_step: int):

@@ -9,6 +9,11 @@
   best) with ``config.eval`` and writes ``report.json``'s ``eval`` section.
 * ``analyze``: runs the analysis named by ``config.analysis.name``.
 
+Several processes (hosts) run one job when each gets ``--coordinator=host:port
+--num_processes=N --process_id=i`` (``launch/local_cluster.sh`` does this on one machine),
+or without flags under SLURM (several tasks) and on TPU pod slices, where JAX finds the
+cluster itself; ``jax.distributed.initialize`` runs before anything touches a device.
+
 Every user error (config file, argument, key, type, value, workdir, data, checkpoint,
 analysis setting, device count) ends in one line ``advjax: error: ...`` and exit code
 2, before anything is written or computed; internal errors keep their traceback.
@@ -19,20 +24,31 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import logging  # noqa: E402
 
-from advjax import checkpoints, configlib, data, registry, runs, training  # noqa: E402
+from advjax import (  # noqa: E402
+    checkpoints,
+    configlib,
+    data,
+    distributed,
+    registry,
+    runs,
+    training,
+)
 from advjax.experiments import ANALYSES, AnalysisError  # noqa: E402
 
 MODES = ("train", "eval", "analyze")
 USAGE = (
     "usage: launch/main.py --config configs/<name>.py[:arg] --workdir <folder> "
-    "[--mode train|eval|analyze] [--config.<key>=<value> ...]"
+    "[--mode train|eval|analyze] [--config.<key>=<value> ...] "
+    "[--coordinator=host:port --num_processes=N --process_id=i]"
 )
+CLUSTER_FLAGS = ("coordinator", "num_processes", "process_id")
 
 EXPECTED_ERRORS = (
     configlib.ConfigError,
@@ -41,6 +57,7 @@ EXPECTED_ERRORS = (
     checkpoints.CheckpointError,
     training.TrainingDivergedError,
     AnalysisError,
+    distributed.DistributedError,
 )
 
 
@@ -85,6 +102,31 @@ def parse_args(argv: list[str]) -> tuple[str, str, str, list[tuple[str, str]]]:
     return flags["config"], flags["workdir"], mode, overrides
 
 
+def split_cluster_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``({flag: value}, the other arguments)``: the multi-process flags
+    (``--coordinator``, ``--num_processes``, ``--process_id``) taken out of ``argv``.
+
+    Raises:
+      ConfigError: one of them without a value.
+    """
+    cluster: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i][2:].partition("=") if argv[i].startswith("--") else ("", "", "")
+        if name in CLUSTER_FLAGS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise configlib.ConfigError(f"flag --{name} needs a value; {USAGE}")
+                value = argv[i + 1]
+                i += 1
+            cluster[name] = value
+        else:
+            rest.append(argv[i])
+        i += 1
+    return cluster, rest
+
+
 def prepare(argv: list[str]):
     """The validated config, workdir and mode of a command line; writes nothing."""
     spec, workdir, mode, overrides = parse_args(argv)
@@ -116,12 +158,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.set_verbosity(logging.WARNING)
     try:
-        report = run(*prepare(argv))
+        cluster, rest = split_cluster_flags(argv)
+        if any(a in ("-h", "--help", "--helpfull") for a in rest):
+            parse_args(rest)  # Prints the usage and exits.
+        distributed.initialize(distributed.detect(**cluster))
+        report = run(*prepare(rest))
     except EXPECTED_ERRORS as err:
         print(f"advjax: error: {configlib.one_line(err)}", file=sys.stderr)
         return 2
-    summary = report.get("eval", report) if isinstance(report, dict) else report
-    print(json.dumps(_headline(summary), indent=2, default=str))
+    except Exception as err:
+        if not distributed.joined():
+            raise
+        # A failed collective usually means a peer died: say so, and leave at once rather
+        # than wait at JAX's exit barrier for processes that are gone.
+        traceback.print_exc()
+        print(distributed.failure_line(err), file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+    if distributed.is_main():
+        summary = report.get("eval", report) if isinstance(report, dict) else report
+        print(json.dumps(_headline(summary), indent=2, default=str))
     return 0
 
 
