@@ -324,6 +324,7 @@ def test_table_covers_enough_invocations():
     assert len(ROWS) >= 30
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,expected",
     [

@@ -349,6 +349,7 @@ def test_fisher_kl_objective_known_values():
 # ------------------------------------------------------------------------------ notebook
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_its_checks_hold(run_notebook):
     import json
 

@@ -434,6 +434,7 @@ def _printed(nb, tag):
     raise AssertionError(f"notebook printed no {tag} line")
 
 
+@pytest.mark.slow
 def test_notebook_known_answers_and_experiment(run_notebook):
     nb = run_notebook("interactions.ipynb")
     checks = _printed(nb, "CHECKS")

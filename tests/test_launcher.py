@@ -33,6 +33,7 @@ def launch(*args, timeout=600):
     )
 
 
+@pytest.mark.slow
 def test_mnist_pgd_smoke_writes_the_full_record(tmp_path):
     proc = launch("--config", "configs/mnist_pgd.py:smoke", "--workdir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -139,6 +140,7 @@ KILL_ARGS = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
     reference = launch(*KILL_ARGS, "--workdir", str(tmp_path / "ref"))
     assert reference.returncode == 0, reference.stderr[-3000:]

@@ -442,6 +442,7 @@ def test_load_spurious_relabels_classes_and_builds_domains():
         )
 
 
+@pytest.mark.slow
 def test_notebook_runs(run_notebook):
     nb = run_notebook("spurious.ipynb")
     text = "".join(

@@ -295,6 +295,7 @@ def test_unknown_model_lists_the_converters():
         convert_state_dict({}, "madry_cnn")
 
 
+@pytest.mark.slow
 def test_advjax_models_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"

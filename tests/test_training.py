@@ -153,6 +153,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert not (tmp_path / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_data_parallel_training_matches_one_device(tmp_path):
     """Eight virtual CPU devices give the same parameters as one, within float tolerance."""
     script = textwrap.dedent(
