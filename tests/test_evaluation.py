@@ -242,7 +242,7 @@ def test_config_validation_names_the_key():
         ({"batch_size": 0}, "'eval.batch_size'"),
         ({"num_examples": -1}, "'eval.num_examples'"),
         ({"eps_grid": [0.1, -0.2]}, "'eval.eps_grid'"),
-        ({"attacks": {"x": {"name": "fab", "eps": 0.1}}}, "'eval.attacks.x.name'"),
+        ({"attacks": {"x": {"name": "cw_l2", "eps": 0.1}}}, "'eval.attacks.x.name'"),
         ({"attacks": {"x": {"name": "pgd", "eps": -0.1}}}, "'eps' must be >= 0"),
         ({"eps_grid": [0.1], "sweep_attack": "nope"}, "'eval.sweep_attack'"),
     ]
