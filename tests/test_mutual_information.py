@@ -121,6 +121,12 @@ def ksg_samples(n: int, seed: int, *, dim_x: int = 1, step: float | None = None)
     return x.astype(np.float32), z.astype(np.float32)
 
 
+# The search stages, compiled once for all the cases below (rather than op by op).
+slab_search = jax.jit(mi._slab_kth_distance, static_argnums=(2, 3, 4, 5, 6))
+window_search = jax.jit(mi._window_kth_distance, static_argnums=(3, 4))
+fill_inexact = jax.jit(mi._fill_inexact, static_argnums=(4, 5, 6))
+
+
 def test_sorted_counts_equal_brute_force_counts_with_ties():
     # Values on a grid of 1/4 and radii equal to exact differences: every count has ties
     # at the boundary, which the binary search on rounded differences must keep.
@@ -148,14 +154,29 @@ def test_slab_search_gives_exact_neighbour_distances(step):
     joint = np.maximum(dx, dz)
     np.fill_diagonal(joint, np.inf)
     brute = np.sort(joint, axis=1)[:, 2]
-    eps, exact = mi._slab_kth_distance(
-        jnp.asarray(x), jnp.asarray(z), 3, 64, *mi.ksg_layout(400, 3)
-    )
+    slab, reach, per_side, _ = mi.ksg_layout(400, 3)
+    eps, exact = slab_search(jnp.asarray(x), jnp.asarray(z), 3, 64, slab, reach, per_side)
     eps, exact = np.asarray(eps), np.asarray(exact)
     assert exact.any()
     np.testing.assert_array_equal(eps[exact], brute[exact])  # a proof is never wrong
-    filled = mi._fill_inexact(jnp.asarray(x), jnp.asarray(z), eps, exact, 3, 16)
-    np.testing.assert_array_equal(np.asarray(filled), brute)
+    # The window searches, in X order and in Z order: again a proof is never wrong.
+    both = np.concatenate([x, z], axis=1)
+    z_order = np.argsort(z[:, 0], kind="stable")
+    for rows, pos in ((both, np.arange(400)), (both[z_order], np.argsort(z_order))):
+        found, proven = window_search(
+            jnp.asarray(rows),
+            jnp.asarray(rows[:, 1 if rows is not both else 0]),
+            jnp.asarray(pos, jnp.int32),
+            3,
+            50,
+        )
+        found, proven = np.asarray(found), np.asarray(proven)
+        assert proven.any()
+        np.testing.assert_array_equal(found[proven], brute[proven])
+    # Every tier together (a narrow window leaves work to the exhaustive search).
+    for w in (8, 400):
+        filled = fill_inexact(jnp.asarray(x), jnp.asarray(z), eps, exact, 3, 16, w)
+        np.testing.assert_array_equal(np.asarray(filled), brute)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +189,7 @@ def test_ksg_matches_brute_force_both_methods_any_chunk(dim_x, step, k, chunks):
         for chunk in chunks:
             est = float(mi.ksg_mi(x, z, k=k, chunk_size=chunk, method=method))
             assert est == pytest.approx(ref, abs=2e-6), (method, chunk)
-    clipped = float(mi.ksg_mi(x, z, k=k, clip_at_zero=True))
+    clipped = float(mi.ksg_mi(x, z, k=k, chunk_size=chunks[0], clip_at_zero=True))
     assert clipped == pytest.approx(max(ref, 0.0), abs=2e-6)
 
 
@@ -185,15 +206,16 @@ def test_ksg_agrees_with_scikit_learn():
 
 @pytest.mark.parametrize("rho", RHOS)
 def test_ksg_recovers_gaussian_mi(rho):
-    x, z = bivariate(rho, 2000, seed=2)
-    est = float(mi.ksg_mi(x, z, k=3, chunk_size=512))
+    # n = 3000 and default chunks, as in the scikit-learn comparison: one compilation.
+    x, z = bivariate(rho, 3000, seed=2)
+    est = float(mi.ksg_mi(x, z, k=3))
     assert abs(est - gaussian_truth(rho)) < 0.05
 
 
 def test_ksg_is_invariant_to_monotone_maps_of_each_variable():
     # KSG ranks neighbours per variable; a monotone map changes distances, so the
     # estimate moves only by estimator noise. MI itself is exactly invariant.
-    x, z = bivariate(0.7, 2000, seed=4)
+    x, z = bivariate(0.7, 3000, seed=4)
     base = float(mi.ksg_mi(x, z))
     warped = float(mi.ksg_mi(np.exp(x), z**3))
     assert abs(base - gaussian_truth(0.7)) < 0.05
@@ -292,8 +314,8 @@ def test_chunked_map_matches_direct_call():
 @pytest.mark.parametrize("method", ("sorted", "dense"))
 def test_ksg_compiles_once_per_shape(method):
     x, z = bivariate(0.5, 300, seed=8)
-    float(mi.ksg_mi(x, z, chunk_size=100, method=method))
+    float(mi.ksg_mi(x, z, chunk_size=7, method=method))
     x2, z2 = bivariate(0.3, 300, seed=9)
     with CompileCounter() as counter:
-        float(mi.ksg_mi(x2, z2, chunk_size=100, method=method))
+        float(mi.ksg_mi(x2, z2, chunk_size=7, method=method))
     assert counter.count == 0, counter.names
