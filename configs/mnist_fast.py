@@ -1,57 +1,80 @@
-"""The default advjax run: a robust MNIST model in minutes on a CPU.
+"""The default advjax run: a robust MNIST model in minutes on a CPU, evaluated with the
+AutoAttack-style ensemble.
 
-Fast adversarial training in the manner of Wong, Rice and Kolter 2020 ("Fast is better
-than free"): the small CNN, one PGD step from a uniform random start in the l_inf ball
-(FGSM with random start) of length 1.25 eps, eps 0.3, Adam with a cyclic learning rate.
-Two cheap changes make it reliable without early-stopping restarts: the eps budget
-ramps up linearly over the first epochs, and a held-out validation split watches for
-catastrophic overfitting (PGD accuracy collapsing), keeping the best checkpoint.
+Training: PGD adversarial training (Madry et al. 2018) of the small CNN of Wong, Rice
+and Kolter 2020, with 5 PGD steps of 2.5 eps_train / 5 from a uniform random start.
+The training radius is 7/6 of the evaluation eps (0.35 for eps 0.3, linked to
+``config.eps.linf``): the extra margin raises robust accuracy at eps under every attack
+of the ensemble. The radius ramps up linearly over the first 20% of training; Adam with
+a cyclic learning rate (peak 5e-3 at 40%), batch 100, 6 epochs; a held-out validation
+split (1,000 training images, PGD-10) keeps the best checkpoint and stops a run whose
+robust accuracy collapses.
 
-Evaluation: clean accuracy and the worst case of two PGD-20 attacks (l_inf eps 0.3,
-random start, steps 0.01 and 0.0375) on the 10k MNIST test set, with sanity checks.
+Evaluation, on the first ``eval.num_examples`` (1,000) test images, l_inf eps 0.3:
+clean accuracy, PGD-20 (step 0.01) and the ensemble APGD-CE, APGD-T (9 targets), Square
+(5,000 queries), each on the points still robust; robust accuracy is the per-example
+worst case, and every sanity check of `advjax.evaluation` runs, among them the
+black-box check (Square may fool at most 0.2% of the points that the white-box
+components leave robust). That check fails for this recipe: Square fools about 3% of the
+points that APGD-CE and APGD-T leave robust (gradient masking), so the ensemble's worst
+case, not PGD-20, is the number to quote (README, "Results measured here").
+
 Arguments: ``smoke`` (seconds).
 """
 
 from __future__ import annotations
 
 from configs import base
+from configs.mnist_fgsm_rs import shrink_ensemble
 
 ARGS = ("smoke",)
+
+# Training radius over evaluation radius.
+TRAIN_EPS_FACTOR = 7.0 / 6.0
+TRAIN_PGD_STEPS = 5
 
 
 def get_config(arg: str | None = None):
     c = base.get_base_config()
+    eps = base.eps_ref(c)
+    train_eps = eps * TRAIN_EPS_FACTOR
     c.data.num_val = 1000
     c.model.name = "small_cnn"
     c.train.objective = base.ml_collections.ConfigDict(
         dict(
             name="pgd_at",
-            attack=base.pgd_attack(eps=base.eps_ref(c), step_size=0.1, num_steps=3),
+            attack=base.pgd_attack(
+                eps=train_eps,
+                step_size=train_eps * (2.5 / TRAIN_PGD_STEPS),
+                num_steps=TRAIN_PGD_STEPS,
+            ),
             clean_weight=0.0,
         )
     )
     c.train.batch_size = 100
-    c.train.num_epochs = 8.0
+    c.train.num_epochs = 6.0
     c.train.eps_ramp_fraction = 0.2
     c.train.optimizer.name = "adam"
     c.train.optimizer.learning_rate = 5e-3
     c.train.optimizer.schedule = "cyclic"
     c.train.optimizer.cycle_peak = 0.4
     c.train.val_examples = 1000
-    c.train.val_attack = base.pgd_attack(eps=base.eps_ref(c), step_size=0.05, num_steps=10)
+    c.train.val_attack = base.pgd_attack(eps=eps, step_size=0.05, num_steps=10)
     c.train.early_stop_drop = 0.2
     c.train.log_every_steps = 100
     c.checkpoint.every_steps = 500
-    # PGD-20 as in Madry et al. (step 0.01) and with the step that crosses the ball
-    # (2.5 eps / steps); robust accuracy in report.json is the per-example worst case.
+    # The ensemble costs thousands of model calls per image on a CPU, so the default
+    # evaluates a stated subset; --config.eval.num_examples=0 gives the whole test set.
+    c.eval.num_examples = 1000
     c.eval.attacks = base.ml_collections.ConfigDict(
         dict(
-            pgd20=base.pgd_attack(eps=base.eps_ref(c), step_size=0.01, num_steps=20),
-            pgd20_large_step=base.pgd_attack(eps=base.eps_ref(c), step_size=0.0375, num_steps=20),
+            pgd20=base.pgd_attack(eps=eps, step_size=0.01, num_steps=20),
+            ensemble=dict(name="ensemble", eps=eps, attacks=("apgd_ce", "apgd_t", "square")),
         )
     )
     c.eval.use_best = True
     if "smoke" in (arg or "").split(","):
         base.shrink_for_smoke(c)
         c.data.num_val = 100
+        shrink_ensemble(c.eval.attacks.ensemble)
     return c
