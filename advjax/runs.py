@@ -202,6 +202,7 @@ def _clear_eval_state(workdir: str) -> None:
 def _evaluate_regression(config, model: TrainedModel, dataset: data.Dataset) -> dict:
     """Test MSE of a one-output model, clean and under each eval attack's norm and eps
     (PGD on the squared error, `advjax.objectives.regression.squared_pgd`)."""
+    from advjax.attacks.ascent import default_step_size
     from advjax.objectives.regression import squared_pgd
 
     n = config.eval.num_examples or dataset.num_test
@@ -220,7 +221,7 @@ def _evaluate_regression(config, model: TrainedModel, dataset: data.Dataset) -> 
             jax.random.fold_in(jax.random.key(config.seed), 11),
             norm=a.norm,
             eps=a.eps,
-            step_size=a.get("step_size") or 2.5 * a.eps / a.num_steps,
+            step_size=a.get("step_size") or default_step_size(a.eps, a.num_steps),
             num_steps=a.num_steps,
             bounds=tuple(dataset.info.bounds),
         )

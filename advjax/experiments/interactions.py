@@ -34,11 +34,11 @@ import numpy as np
 from advjax import data, plots, registry
 from advjax.analysis import interactions as itx
 from advjax.attacks import equal_strength
-from advjax.experiments import AnalysisError
+from advjax.experiments import AnalysisError, kit
 from advjax.models import as_model
 from advjax.progress import progress_bar
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = kit.REPO
 PAIR_KINDS = ("neighbour", "random")
 # Whose output is the game value: the true class (reference --out_type GT) or the class the
 # model predicts on x_adv (--out_type Target), for both x and x_adv.
@@ -111,28 +111,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _model_config(spec: str, overrides) -> ml_collections.ConfigDict:
-    from advjax import runs
-
-    path, sep, arg = spec.partition(":")
-    if not os.path.exists(path):
-        path = os.path.join(REPO, path)
-    config = runs.load_config(path + sep + arg)
-    if overrides:
-        _apply_overrides(config, overrides.to_dict(), prefix=spec)
-    return config
-
-
-def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict, *, prefix: str) -> None:
-    """Sets existing keys only, so a misspelt override fails instead of adding a key."""
-    for key, value in overrides.items():
-        if key not in config:
-            raise ValueError(
-                f"override '{key}' of {prefix}: no such key; has {list(config.keys())}"
-            )
-        if isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict):
-            _apply_overrides(config[key], value, prefix=f"{prefix}.{key}")
-        else:
-            config[key] = value
+    return kit.load_sub_config(spec, overrides)
 
 
 def load_models(a: ml_collections.ConfigDict, workdir: str) -> dict:

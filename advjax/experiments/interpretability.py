@@ -18,11 +18,9 @@ and keeps each model's run in ``workdir/models/<name>/`` and the teacher maps in
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,21 +28,11 @@ import ml_collections
 import numpy as np
 
 from advjax import data, evaluation, plots, runs, saliency
+from advjax.attacks.ascent import default_step_size
+from advjax.experiments import kit
 from advjax.objectives import interpretation
 
 NAME = "interpretability"
-
-
-def _write_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=float)
-    os.replace(tmp, path)
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _model_order(a) -> list[str]:
@@ -60,7 +48,9 @@ def _teachers(a) -> dict[str, str]:
 
 
 def _targets_path(workdir: str, teacher_dir: str, split: str, tcfg: dict) -> str:
-    tag = _hash({k: tcfg[k] for k in ("method", "num_samples", "sigma", "include_clean", "seed")})
+    tag = kit.config_hash(
+        {k: tcfg[k] for k in ("method", "num_samples", "sigma", "include_clean", "seed")}
+    )
     name = os.path.basename(teacher_dir)
     return os.path.join(workdir, "targets", f"{name}_{split}_{tag}.npz")
 
@@ -72,7 +62,7 @@ def _training_tag(sub: ml_collections.ConfigDict) -> str:
         d.pop(key, None)
     for key in ("progress", "log_every_steps"):
         d["train"].pop(key, None)
-    return _hash(d)[:8]
+    return kit.config_hash(d)[:8]
 
 
 def _sub_configs(config, workdir: str) -> dict[str, tuple[ml_collections.ConfigDict, str]]:
@@ -193,7 +183,7 @@ def _test_targets(model, teacher, x, y, tcfg, path, bounds) -> np.ndarray:
 
 def _evaluate(model, x, y, eval_cfg, cache: str, key) -> dict:
     """`advjax.evaluation.evaluate`, cached per (eval config, checkpoint step)."""
-    tag = _hash({"eval": eval_cfg.to_dict(), "step": model.step, "n": len(x)})
+    tag = kit.config_hash({"eval": eval_cfg.to_dict(), "step": model.step, "n": len(x)})
     if os.path.exists(cache):
         with open(cache) as f:
             cached = json.load(f)
@@ -202,7 +192,7 @@ def _evaluate(model, x, y, eval_cfg, cache: str, key) -> dict:
     result = evaluation.evaluate(
         eval_cfg, model.model, x, y, key=key, bounds=tuple(model.info.bounds)
     )
-    _write_json(cache, {"tag": tag, "result": result})
+    kit.write_report(cache, {"tag": tag, "result": result})
     return result
 
 
@@ -447,7 +437,7 @@ def run(config, workdir: str) -> dict:
         "wall_seconds_this_call": round(time.time() - start, 1),
     }
     report["ordering"] = _ordering(rows, list(attacks), a)
-    _write_json(os.path.join(workdir, f"{NAME}.json"), report)
+    kit.write_report(os.path.join(workdir, f"{NAME}.json"), report)
     with open(os.path.join(workdir, f"{NAME}.md"), "w") as f:
         f.write(_markdown(rows, attack_meta, report))
     return report
@@ -457,7 +447,7 @@ def _budget(acfg) -> dict:
     steps = int(acfg.get("num_steps", 0))
     step = acfg.get("step_size", None)
     if step is None:
-        step = 2.5 * float(acfg.eps) / max(steps, 1)
+        step = default_step_size(float(acfg.eps), steps)
     return {
         "num_steps": steps,
         "step_size": float(step),

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from advjax import data, plots, runs
+from advjax.attacks.ascent import default_step_size
 
 
 def _eps_tag(eps: float) -> str:
@@ -67,7 +68,7 @@ def cell_config(config, *, size: int, eps: float, seed: int) -> ml_collections.C
                         name="pgd",
                         norm=an.norm,
                         eps=float(eps),
-                        step_size=2.5 * float(eps) / num_steps,
+                        step_size=default_step_size(float(eps), num_steps),
                         num_steps=num_steps,
                         random_start=True,
                         num_restarts=1,

@@ -33,9 +33,9 @@ import numpy as np
 from advjax import plots, runs
 from advjax.analysis import spurious as sp
 from advjax.analysis import tradeoff
+from advjax.attacks.ascent import default_step_size
 
 PARTS = ("theory", "finite_sample", "benchmark")
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _get(an, key, default):
@@ -140,13 +140,9 @@ def _theory_figures(sweeps: dict, eps_grid, fig_dir: str) -> None:
 def _regression_config(config, an) -> ml_collections.ConfigDict:
     if config.data.name == "moayeri_regression":
         return copy.deepcopy(config)
-    from advjax.configlib import load_config
+    from advjax.experiments import kit
 
-    spec = _get(an, "finite_sample_config", "configs/moayeri_linear.py")
-    path, _, arg = spec.partition(":")
-    if not os.path.isabs(path):
-        path = os.path.join(_REPO, path)
-    return load_config(f"{path}:{arg}" if arg else path)
+    return kit.load_sub_config(_get(an, "finite_sample_config", "configs/moayeri_linear.py"))
 
 
 def finite_sample_part(config, an, workdir: str) -> dict:
@@ -226,9 +222,9 @@ def _default_variants(eps: dict, steps: int = 3) -> dict:
 
     return {
         "standard": {"name": "standard"},
-        "linf": at("linf", eps["linf"], steps, 2.5 * eps["linf"] / steps),
-        "l2": at("l2", eps["l2"], steps, 2.5 * eps["l2"] / steps),
-        "l1": at("l1", eps["l1"], steps, 2.5 * eps["l1"] / steps),
+        "linf": at("linf", eps["linf"], steps, default_step_size(eps["linf"], steps)),
+        "l2": at("l2", eps["l2"], steps, default_step_size(eps["l2"], steps)),
+        "l1": at("l1", eps["l1"], steps, default_step_size(eps["l1"], steps)),
     }
 
 
