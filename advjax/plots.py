@@ -13,9 +13,15 @@ import numpy as np  # noqa: E402
 
 
 def save(fig, path: str) -> str:
-    """Writes ``fig`` to ``path`` (creating folders), closes it and returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    """Writes ``fig`` to ``path`` (creating folders), closes it and returns the path.
+
+    In a multi-process run only process 0 writes (every process returns the path).
+    """
+    import jax
+
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

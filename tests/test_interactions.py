@@ -471,3 +471,47 @@ def test_experiment_helpers():
             "configs/mnist_standard.py",
             ml_collections.ConfigDict({"train": {"optimizer": {"lerning_rate": 1.0}}}),
         )
+
+
+def test_interaction_estimates_split_across_processes_equal_one_process(tiny_model, monkeypatch):
+    """Each process estimates every P-th image; the gathered records equal one process's."""
+    from advjax import distributed
+    from advjax.experiments import interactions as experiment
+
+    fn, x = tiny_model
+    x = np.asarray(x)
+    y = np.asarray(jnp.argmax(fn(jnp.asarray(x)), -1))
+    x_adv = {"m": np.clip(x + 0.05, 0.0, 1.0)}
+    a = ml_collections.ConfigDict(
+        {"grid": (3, 3), "ratios": [0.2, 0.8], "num_pairs": 2, "pairs": "neighbour",
+         "num_contexts": 2, "label": "true", "exact_grid": (2, 2), "baseline": "mean",
+         "blur_sigma": 1.0, "output": "log_prob", "chunk_size": 64}
+    )  # fmt: skip
+    cm = jnp.asarray(x.mean(axis=(0, 1, 2)))
+    key = jax.random.key(5)
+
+    def run(pid, count, gathered):
+        monkeypatch.setattr(distributed, "process_index", lambda: pid)
+        monkeypatch.setattr(distributed, "process_count", lambda: count)
+        monkeypatch.setattr(distributed, "allgather_objects", gathered)
+        return experiment.compute_interactions({"m": fn}, x, y, x_adv, key, a, channel_mean=cm)
+
+    single = run(0, 1, lambda obj: [obj])
+    other = []
+
+    class Captured(Exception):
+        pass
+
+    def capture(obj):  # process 1's share, captured at the gather
+        other.append(obj)
+        raise Captured
+
+    with pytest.raises(Captured):
+        run(1, 2, capture)
+    assert sorted(other[0]) == [1, 3]
+    split = run(0, 2, lambda obj: [obj, other[0]])
+    for cond in ("clean", "adv"):
+        for field in ("mean", "stderr", "mean_abs"):
+            np.testing.assert_array_equal(split["m"][cond][field], single["m"][cond][field])
+        np.testing.assert_array_equal(split["m"][f"ends_{cond}"], single["m"][f"ends_{cond}"])
+        assert len(split["m"][f"exact_{cond}"]) == len(x)

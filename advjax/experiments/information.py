@@ -27,7 +27,6 @@ draws ``DIR/figures/*.png``. The math lives in `advjax.analysis.information` and
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -40,6 +39,7 @@ from advjax import data, models, plots, registry
 from advjax.analysis import information as info
 from advjax.analysis import mutual_information as mi
 from advjax.attacks import ATTACKS
+from advjax.experiments import kit
 
 ADVERSARIAL = ("pgd_at", "trades", "fisher_kl", "mart", "fgsm_rs", "free_at")
 CURVE_KEYS = (
@@ -581,6 +581,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "seed": int(config.seed),
     }
     report["figures"] = draw_figures(curves, workdir)
-    with open(os.path.join(workdir, "information.json"), "w") as f:
-        json.dump(report, f, indent=2, default=float)
+    kit.write_report(os.path.join(workdir, "information.json"), report)
     return report

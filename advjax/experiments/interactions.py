@@ -21,7 +21,6 @@ The math lives in `advjax.analysis.interactions` and `advjax.attacks.equal_stren
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import time
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import data, plots, registry
+from advjax import data, distributed, plots, registry
 from advjax.analysis import interactions as itx
 from advjax.attacks import equal_strength
 from advjax.experiments import AnalysisError, kit
@@ -288,15 +287,19 @@ def compute_interactions(
     orders = itx.orders_from_ratios(a.ratios, n)
     key_pairs, key_ctx = jax.random.split(key)
     out = {}
+    # Images are independent (pairs and contexts come from fold_in(key, image)): in a
+    # multi-process run each process estimates every P-th image and the records are
+    # gathered, so every process holds the single-process result.
+    pid, num_procs = distributed.process_index(), distributed.process_count()
     for name, fn in logits_fns.items():
         estimate = make_image_estimator(fn, a, channel_mean=channel_mean, orders=orders)
         exact_table = make_exact_table(fn, a, channel_mean=channel_mean) if a.exact_grid else None
-        rec = {c: {"mean": [], "stderr": [], "mean_abs": []} for c in ("clean", "adv")}
-        rec.update(ends_clean=[], ends_adv=[], exact_clean=[], exact_adv=[])
         labels = np.asarray(y)
         if a.label == "adv_prediction":
             labels = np.asarray(jnp.argmax(_logits(as_model(fn), jnp.asarray(x_adv[name])), -1))
-        for k in progress_bar(range(len(x)), desc=f"interactions [{name}]", unit="img"):
+        mine = {}
+        images = range(pid, len(x), num_procs)
+        for k in progress_bar(images, desc=f"interactions [{name}]", unit="img"):
             pairs = itx.sample_pairs(
                 jax.random.fold_in(key_pairs, k),
                 grid,
@@ -304,18 +307,34 @@ def compute_interactions(
                 neighbours=a.pairs == "neighbour",
             )
             ctx = jax.random.fold_in(key_ctx, k)
+            one = {}
             for cond, img in (("clean", x[k]), ("adv", x_adv[name][k])):
                 deltas, ends = estimate(jnp.asarray(img), int(labels[k]), pairs, ctx)
                 est = itx.summarize_deltas(deltas)
-                for field in ("mean", "stderr", "mean_abs"):
-                    rec[cond][field].append(np.asarray(getattr(est, field), np.float64))
-                rec[f"ends_{cond}"].append(np.asarray(ends, np.float64))
+                one[cond] = {
+                    f: np.asarray(getattr(est, f), np.float64)
+                    for f in ("mean", "stderr", "mean_abs")
+                }
+                one[f"ends_{cond}"] = np.asarray(ends, np.float64)
                 if exact_table is not None:
                     table = np.asarray(exact_table(jnp.asarray(img), int(labels[k])), np.float64)
-                    rec[f"exact_{cond}"].append(itx.decomposition_exact(table))
+                    one[f"exact_{cond}"] = itx.decomposition_exact(table)
+            mine[k] = one
+        per_image = {}
+        for part in distributed.allgather_objects(mine):
+            per_image.update(part)
+        rec = {}
         for cond in ("clean", "adv"):
-            rec[cond] = {f: np.stack(v) for f, v in rec[cond].items()}
-            rec[f"ends_{cond}"] = np.stack(rec[f"ends_{cond}"])
+            rec[cond] = {
+                f: np.stack([per_image[k][cond][f] for k in range(len(x))])
+                for f in ("mean", "stderr", "mean_abs")
+            }
+            rec[f"ends_{cond}"] = np.stack([per_image[k][f"ends_{cond}"] for k in range(len(x))])
+            rec[f"exact_{cond}"] = [
+                per_image[k][f"exact_{cond}"]
+                for k in range(len(x))
+                if f"exact_{cond}" in per_image[k]
+            ]
         out[name] = rec
     return out
 
@@ -602,6 +621,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     report["wall_seconds"] = time.time() - start
     report = _jsonable(report)
-    with open(os.path.join(workdir, "interactions.json"), "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
+    kit.write_report(os.path.join(workdir, "interactions.json"), report)
     return report

@@ -21,7 +21,6 @@ robust evaluation use the attack library's PGD.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -32,6 +31,7 @@ import numpy as np
 
 from advjax import data, plots, runs
 from advjax.attacks.ascent import default_step_size
+from advjax.experiments import kit
 
 
 def _eps_tag(eps: float) -> str:
@@ -242,8 +242,7 @@ def run(config, workdir: str) -> dict:
             )
         )
     report["figures"] = [os.path.relpath(p, workdir) for p in figures]
-    with open(os.path.join(workdir, "small_data.json"), "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
+    kit.write_report(os.path.join(workdir, "small_data.json"), report)
     flat = {
         f"standard_accuracy_eps{e}_n{n}": acc
         for e, accs in std_mean.items()

@@ -22,7 +22,6 @@ Writes ``workdir/spurious.json`` and ``workdir/figures/spurious_*.png``.
 from __future__ import annotations
 
 import copy
-import json
 import os
 
 import jax
@@ -34,6 +33,7 @@ from advjax import plots, runs
 from advjax.analysis import spurious as sp
 from advjax.analysis import tradeoff
 from advjax.attacks.ascent import default_step_size
+from advjax.experiments import kit
 
 PARTS = ("theory", "finite_sample", "benchmark")
 
@@ -140,8 +140,6 @@ def _theory_figures(sweeps: dict, eps_grid, fig_dir: str) -> None:
 def _regression_config(config, an) -> ml_collections.ConfigDict:
     if config.data.name == "moayeri_regression":
         return copy.deepcopy(config)
-    from advjax.experiments import kit
-
     return kit.load_sub_config(_get(an, "finite_sample_config", "configs/moayeri_linear.py"))
 
 
@@ -441,6 +439,5 @@ def run(config, workdir: str) -> dict:
             headline[f"{name}_acc_flipped"] = m["acc_flipped"]
     report["headline"] = headline
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "spurious.json"), "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True, default=float)
+    kit.write_report(os.path.join(workdir, "spurious.json"), report)
     return headline | report

@@ -14,7 +14,6 @@ Orchestration only; the math lives in `advjax.analysis.tradeoff`. Writes
 from __future__ import annotations
 
 import copy
-import json
 import os
 
 import jax
@@ -24,6 +23,7 @@ import numpy as np
 from advjax import plots, runs
 from advjax.analysis import tradeoff
 from advjax.data import synthetic
+from advjax.experiments import kit
 
 
 def linear_weights(model) -> tuple[np.ndarray, float]:
@@ -167,8 +167,7 @@ def run(config, workdir: str) -> dict:
     )
     _weights_figure(os.path.join(fig_dir, "tradeoff_trained_weights.png"), variants, workdir)
     path = os.path.join(workdir, "tradeoff_toy.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
+    kit.write_report(path, report)
     return report["headline"] | report
 
 

@@ -22,7 +22,6 @@ through `advjax.runs.train_or_load`, or restored from ``analysis.standard_workdi
 from __future__ import annotations
 
 import copy
-import json
 import os
 
 import jax
@@ -32,6 +31,7 @@ import numpy as np
 
 from advjax import data, plots, runs, saliency
 from advjax.attacks.pgd import pgd
+from advjax.experiments import kit
 
 
 def interpolation_path(x: jax.Array, delta: jax.Array, num_points: int, bounds) -> jax.Array:
@@ -228,8 +228,7 @@ def run(config, workdir: str) -> dict:
             "robust": rob["targeted_closer_to_target_mean"],
         },
     }
-    with open(os.path.join(workdir, "tradeoff_visuals.json"), "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
+    kit.write_report(os.path.join(workdir, "tradeoff_visuals.json"), report)
     flat = {f"{m}_{k}": v for k, d in report["headline"].items() for m, v in d.items()}
     return flat | report
 
