@@ -55,6 +55,18 @@ def default_step_size(eps, num_steps: int):
     return 2.5 * eps / max(int(num_steps), 1)
 
 
+def ramped(eps, step_size, eps_scale):
+    """The training eps ramp, in one place: radius and step length scaled together.
+
+    `Attack.__call__` applies it through ``eps_scale`` (the step follows the radius);
+    objectives that call the core or its step directly (Free AT, squared-loss AT) use
+    this function. ``eps_scale`` None leaves both unchanged.
+    """
+    if eps_scale is None:
+        return eps, step_size
+    return eps * eps_scale, step_size * eps_scale
+
+
 def expand(v: jax.Array, like: jax.Array) -> jax.Array:
     """``v [B]`` broadcastable against ``like [B, ...]``."""
     return v.reshape((like.shape[0],) + (1,) * (like.ndim - 1))

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from advjax import geometry, losses
 from advjax.attacks import Attack, build_attack
-from advjax.attacks.ascent import ascent, ascent_step
+from advjax.attacks.ascent import ascent, ascent_step, ramped
 from advjax.objectives import Objective
 from advjax.objectives.base import check_keys
 from advjax.registry import one_of
@@ -229,8 +229,8 @@ def build_free_at(objective_config) -> Objective:
     Args:
       objective_config: ``eps``, ``replays`` (m >= 1, default 8); optional ``step_size``
         for ``delta`` (default ``eps``) and ``norm`` ('linf' default, or 'l2'). ``eps``
-        and ``step_size`` are multiplied by ``batch["eps_scale"]`` here (no attack call
-        runs, so the attack library's scaling does not apply); the input box is
+        and ``step_size`` are scaled by ``batch["eps_scale"]`` through
+        `advjax.attacks.ascent.ramped` (no attack call runs here); the input box is
         ``forward.bounds``.
 
     Returns:
@@ -247,7 +247,7 @@ def build_free_at(objective_config) -> Objective:
         del key
         x, y = batch["x"], batch["y"]
         delta = jnp.zeros_like(x) if carry is None else carry
-        scale = batch.get("eps_scale", 1.0)
+        ramp_eps, ramp_step = ramped(eps, step_size, batch.get("eps_scale"))
         loss, g_params, new_delta, logits, state = free_at_step(
             forward.train,
             params,
@@ -255,8 +255,8 @@ def build_free_at(objective_config) -> Objective:
             y,
             delta,
             norm=norm,
-            eps=eps * scale,
-            step_size=step_size * scale,
+            eps=ramp_eps,
+            step_size=ramp_step,
             bounds=forward.bounds,
         )
         metrics = {"loss": loss, "adv_accuracy": jnp.mean(losses.accuracy(logits, y))}

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry
-from advjax.attacks.ascent import ascent, default_step_size
+from advjax.attacks.ascent import ascent, default_step_size, ramped
 from advjax.objectives import Objective
 
 _ATTACK_DEFAULTS = {
@@ -152,7 +152,7 @@ def build_squared_at(cfg) -> Objective:
         x, y = batch["x"], batch["y"].astype(jnp.float32)
         frozen = jax.lax.stop_gradient(params)
         predict = lambda inp: forward.eval(frozen, inp)[:, 0]
-        scale = batch.get("eps_scale", 1.0)
+        ramp_eps, ramp_step = ramped(v["eps"], v["step_size"], batch.get("eps_scale"))
         if float(v["eps"]) > 0:
             x_adv = jax.lax.stop_gradient(
                 squared_pgd(
@@ -161,8 +161,8 @@ def build_squared_at(cfg) -> Objective:
                     y,
                     key,
                     norm=v["norm"],
-                    eps=v["eps"] * scale,
-                    step_size=v["step_size"] * scale,
+                    eps=ramp_eps,
+                    step_size=ramp_step,
                     num_steps=int(v["num_steps"]),
                     random_start=bool(v["random_start"]),
                     num_restarts=int(v["num_restarts"]),
