@@ -44,6 +44,7 @@ from advjax.attacks import (
     freeze,
     resolve_unroll,
 )
+from advjax.attacks.ascent import AscentResult, worst_over_restarts
 from advjax.attacks.pgd import better
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -196,18 +197,16 @@ def _validate_runtime(norm: str, loss: str, num_steps: int, num_restarts: int) -
         )
 
 
-def _worst_over_restarts(run, keys, num_restarts: int, x: jax.Array):
+def best_of_restarts(run, keys, num_restarts: int, x: jax.Array | None = None):
+    """``run(keys) -> (x_adv, success, loss)`` over restarts (a vmap axis), per-example
+    worst case by the ascent core's rule (`advjax.attacks.ascent.worst_over_restarts`)."""
+    del x
     if num_restarts == 1:
         return run(keys)
     rkeys = jax.vmap(lambda r: fold_in_each(keys, r))(jnp.arange(num_restarts))
     xs, ss, ls = jax.vmap(run)(rkeys)
-    any_succ = jnp.any(ss, axis=0)
-    rank = jnp.where(any_succ[None], jnp.where(ss, ls, -jnp.inf), ls)
-    best = jnp.argmax(rank, axis=0)
-    pick = lambda a: jnp.take_along_axis(  # noqa: E731
-        a, best.reshape((1, -1) + (1,) * (a.ndim - 2)), axis=0
-    )[0]
-    return pick(xs), any_succ, pick(ls)
+    best = worst_over_restarts(AscentResult(xs, ls, ss), None)
+    return best.delta, best.success, best.loss
 
 
 def apgd(
@@ -264,7 +263,7 @@ def apgd(
             momentum=momentum,
         )
 
-    return _worst_over_restarts(run, keys, num_restarts, x)[0]
+    return best_of_restarts(run, keys, num_restarts, x)[0]
 
 
 def apgd_targeted(
@@ -337,7 +336,7 @@ def apgd_targeted(
                 momentum=momentum,
             )
 
-        x_t, succ_t, _ = _worst_over_restarts(run, tkeys, num_restarts, x)
+        x_t, succ_t, _ = best_of_restarts(run, tkeys, num_restarts, x)
         margin_t = losses.margin(logits_fn(x_t), y)
         take = better(margin_t, succ_t, best_margin, found)
         x_best = _where(take, x_t, x_best)

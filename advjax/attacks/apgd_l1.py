@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from advjax import geometry, losses
 from advjax.attacks import example_keys, fold_in_each
+from advjax.attacks.apgd import best_of_restarts
 from advjax.attacks.pgd import better
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -190,20 +191,6 @@ def apgd_l1_run(
     return _where(found, x_found, current), found, f_max
 
 
-def _worst_over_restarts(run, keys, num_restarts: int):
-    if num_restarts == 1:
-        return run(keys)
-    rkeys = jax.vmap(lambda r: fold_in_each(keys, r))(jnp.arange(num_restarts))
-    xs, ss, ls = jax.vmap(run)(rkeys)
-    any_succ = jnp.any(ss, axis=0)
-    rank = jnp.where(any_succ[None], jnp.where(ss, ls, -jnp.inf), ls)
-    best = jnp.argmax(rank, axis=0)
-    pick = lambda a: jnp.take_along_axis(  # noqa: E731
-        a, best.reshape((1, -1) + (1,) * (a.ndim - 2)), axis=0
-    )[0]
-    return pick(xs), any_succ, pick(ls)
-
-
 def apgd_l1(
     logits_fn: LogitsFn,
     x: jax.Array,
@@ -246,7 +233,7 @@ def apgd_l1(
             large_eps=large_eps,
         )  # fmt: skip
 
-    return _worst_over_restarts(run, keys, num_restarts)[0]
+    return best_of_restarts(run, keys, num_restarts)[0]
 
 
 def apgd_l1_targeted(
@@ -287,7 +274,7 @@ def apgd_l1_targeted(
                 large_eps=large_eps,
             )  # fmt: skip
 
-        x_t, succ_t, _ = _worst_over_restarts(run, fold_in_each(keys, i), num_restarts)
+        x_t, succ_t, _ = best_of_restarts(run, fold_in_each(keys, i), num_restarts)
         margin_t = losses.margin(logits_fn(x_t), y)
         take = better(margin_t, succ_t, best_margin, found)
         x_best = _where(take, x_t, x_best)
