@@ -266,6 +266,35 @@ def apgd(
     return best_of_restarts(run, keys, num_restarts, x)[0]
 
 
+def over_targets(logits_fn, x, y, keys, *, num_targets: int, num_restarts: int, run_for_target):
+    """APGD-T's outer loop (Croce & Hein 2020, Sec. 4), shared by the l_inf/l_2 and l_1 forms.
+
+    The top ``num_targets`` other classes by clean logit are attacked in turn (a
+    ``lax.scan``); ``run_for_target(t)`` returns ``run(keys) -> (x_adv, success, loss)``
+    for target labels ``t`` [B]. Per example the first success is kept, else the highest
+    margin.
+    """
+    batch = x.shape[0]
+    clean = jax.lax.stop_gradient(logits_fn(x))
+    n_targets = max(1, min(num_targets, clean.shape[1] - 1))
+    masked = jnp.where(jax.nn.one_hot(y, clean.shape[1], dtype=bool), -jnp.inf, clean)
+    targets = jax.lax.top_k(masked, n_targets)[1].T  # (n_targets, batch)
+
+    def per_target(carry, inputs):
+        x_best, found, best_margin = carry
+        i, t = inputs
+        x_t, succ_t, _ = best_of_restarts(run_for_target(t), fold_in_each(keys, i), num_restarts, x)
+        margin_t = losses.margin(logits_fn(x_t), y)
+        take = better(margin_t, succ_t, best_margin, found)
+        x_best = _where(take, x_t, x_best)
+        best_margin = jnp.where(take, margin_t, best_margin)
+        return (x_best, found | succ_t, best_margin), None
+
+    init = (x, jnp.zeros((batch,), bool), jnp.full((batch,), -jnp.inf, x.dtype))
+    (x_best, _, _), _ = jax.lax.scan(per_target, init, (jnp.arange(n_targets), targets))
+    return x_best
+
+
 def apgd_targeted(
     logits_fn: LogitsFn,
     x: jax.Array,
@@ -310,42 +339,20 @@ def apgd_targeted(
     batch = x.shape[0]
     keys = example_keys(key, batch)
     eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
-    clean = jax.lax.stop_gradient(logits_fn(x))
-    n_targets = max(1, min(num_targets, clean.shape[1] - 1))
-    masked = jnp.where(jax.nn.one_hot(y, clean.shape[1], dtype=bool), -jnp.inf, clean)
-    targets = jax.lax.top_k(masked, n_targets)[1].T  # (n_targets, batch)
 
-    def per_target(carry, inputs):
-        x_best, found, best_margin = carry
-        i, t = inputs
-        tkeys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-
+    def run_for_target(t):
         def run(k):
             return _apgd_run(
-                logits_fn,
-                x,
-                y,
-                k,
-                eps,
-                t,
-                norm=norm,
-                num_steps=num_steps,
-                loss=loss,
-                bounds=bounds,
-                rho=rho,
-                momentum=momentum,
-            )
+                logits_fn, x, y, k, eps, t, norm=norm, num_steps=num_steps, loss=loss,
+                bounds=bounds, rho=rho, momentum=momentum,
+            )  # fmt: skip
 
-        x_t, succ_t, _ = best_of_restarts(run, tkeys, num_restarts, x)
-        margin_t = losses.margin(logits_fn(x_t), y)
-        take = better(margin_t, succ_t, best_margin, found)
-        x_best = _where(take, x_t, x_best)
-        best_margin = jnp.where(take, margin_t, best_margin)
-        return (x_best, found | succ_t, best_margin), None
+        return run
 
-    init = (x, jnp.zeros((batch,), bool), jnp.full((batch,), -jnp.inf, x.dtype))
-    (x_best, _, _), _ = jax.lax.scan(per_target, init, (jnp.arange(n_targets), targets))
-    return x_best
+    return over_targets(
+        logits_fn, x, y, keys, num_targets=num_targets, num_restarts=num_restarts,
+        run_for_target=run_for_target,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- builders

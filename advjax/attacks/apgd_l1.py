@@ -30,9 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from advjax import geometry, losses
-from advjax.attacks import example_keys, fold_in_each
-from advjax.attacks.apgd import best_of_restarts
-from advjax.attacks.pgd import better
+from advjax.attacks import example_keys
+from advjax.attacks.apgd import best_of_restarts, over_targets
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -259,28 +258,17 @@ def apgd_l1_targeted(
     batch = x.shape[0]
     keys = example_keys(key, batch)
     eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
-    clean = jax.lax.stop_gradient(logits_fn(x))
-    n_targets = max(1, min(num_targets, clean.shape[1] - 1))
-    masked = jnp.where(jax.nn.one_hot(y, clean.shape[1], dtype=bool), -jnp.inf, clean)
-    targets = jax.lax.top_k(masked, n_targets)[1].T
 
-    def per_target(carry, inputs):
-        x_best, found, best_margin = carry
-        i, t = inputs
-
+    def run_for_target(t):
         def run(k):
             return apgd_l1_run(
                 logits_fn, x, y, k, eps, t, num_steps=num_steps, loss=loss, bounds=bounds,
                 large_eps=large_eps,
             )  # fmt: skip
 
-        x_t, succ_t, _ = best_of_restarts(run, fold_in_each(keys, i), num_restarts)
-        margin_t = losses.margin(logits_fn(x_t), y)
-        take = better(margin_t, succ_t, best_margin, found)
-        x_best = _where(take, x_t, x_best)
-        best_margin = jnp.where(take, margin_t, best_margin)
-        return (x_best, found | succ_t, best_margin), None
+        return run
 
-    init = (x, jnp.zeros((batch,), bool), jnp.full((batch,), -jnp.inf, x.dtype))
-    (x_best, _, _), _ = jax.lax.scan(per_target, init, (jnp.arange(n_targets), targets))
-    return x_best
+    return over_targets(
+        logits_fn, x, y, keys, num_targets=num_targets, num_restarts=num_restarts,
+        run_for_target=run_for_target,
+    )  # fmt: skip
