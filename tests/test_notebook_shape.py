@@ -1,0 +1,24 @@
+"""Every notebook opens in Colab with the same install cell first."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import nbformat
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "notebooks_tool", os.path.join(REPO, "launch", "notebooks.py")
+)
+tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
+
+
+@pytest.mark.parametrize("path", tool.notebook_paths(), ids=os.path.basename)
+def test_first_code_cell_is_the_colab_install_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    assert tool.first_code_cell(nb).source == tool.COLAB_CELL, (
+        f"{path}: run `python launch/notebooks.py --first-cell`"
+    )
