@@ -11,7 +11,9 @@ This module holds:
   Shapley interaction index, the multi-order interactions I^(m)(i, j) for every order m, the
   decomposition of v(N) - v(empty));
 * sampling estimators with standard errors (I^(m) over sampled pairs and contexts, Shapley
-  values by permutation sampling, the Shapley interaction index as the mean over orders);
+  values by permutation sampling, the Shapley interaction index as the mean over orders)
+  and unbiased estimators of squared interactions and of squared changes (noise floor
+  removed: `squared_mean_unbiased`, `split_half_product`);
 * the paper's summary quantities (interaction strength against m/n, raw and w^(m)-weighted,
   attacking utility per order, the disentanglement ratio, low / middle / high order bands)
   and their figures.
@@ -74,7 +76,7 @@ def evaluate(game: Game, masks: jax.Array) -> jax.Array:
       masks: boolean array [..., n].
 
     Returns:
-      Values [...], float32.
+      Values [...], float32 ([..., K] for a game whose ``batch_fn`` returns [B, K]).
     """
     masks = jnp.asarray(masks, dtype=bool)
     lead = masks.shape[:-1]
@@ -86,7 +88,8 @@ def evaluate(game: Game, masks: jax.Array) -> jax.Array:
     if pad:
         flat = jnp.concatenate([flat, jnp.zeros((pad, game.num_players), bool)])
     values = jax.lax.map(game.batch_fn, flat.reshape(num_chunks, chunk, game.num_players))
-    return values.reshape(-1)[:total].reshape(lead)
+    extra = values.shape[2:]  # a game with K outputs returns [B, K] per chunk
+    return values.reshape(-1, *extra)[:total].reshape(*lead, *extra)
 
 
 def function_game(
@@ -199,7 +202,7 @@ def image_game(
     baseline: str | jax.Array = "mean",
     channel_mean: jax.Array | Sequence[float] | None = None,
     blur_sigma: float = 2.0,
-    output: str | Callable[[jax.Array, jax.Array], jax.Array] = "log_prob",
+    output: str | Sequence[str] | Callable[[jax.Array, jax.Array], jax.Array] = "log_prob",
     chunk_size: int = 128,
 ) -> Game:
     """The game of Ren et al. on one image: players are grid cells, v(S) = output(f(x_S)).
@@ -212,8 +215,9 @@ def image_game(
       baseline: 'mean' | 'zero' | 'blur' (see `make_baseline`) or an image [H, W, C].
       channel_mean: dataset per-channel mean for the 'mean' baseline.
       blur_sigma: sigma of the 'blur' baseline.
-      output: 'log_prob' | 'log_odds' | 'logit' (see `output_values`) or a function
-        (logits [B, K], label) -> [B].
+      output: 'log_prob' | 'log_odds' | 'logit' (see `output_values`), a sequence of those
+        (a game with one value per name, [B, K], from the same forward passes) or a
+        function (logits [B, K], label) -> [B].
       chunk_size: masked images per model call.
 
     Returns:
@@ -225,7 +229,13 @@ def image_game(
         base = make_baseline(x, baseline, channel_mean=channel_mean, blur_sigma=blur_sigma)
     else:
         base = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
-    out_fn = output if callable(output) else lambda z, c: output_values(z, c, output)
+    if callable(output):
+        out_fn = output
+    elif isinstance(output, str):
+        out_fn = lambda z, c: output_values(z, c, output)  # noqa: E731
+    else:  # several outputs from the same forward passes: values [B, K]
+        names = tuple(output)
+        out_fn = lambda z, c: jnp.stack([output_values(z, c, o) for o in names], -1)  # noqa: E731
 
     def batch_fn(masks: jax.Array) -> jax.Array:
         return out_fn(logits_fn(masked_inputs(x, base, cells, masks)), label)
@@ -450,7 +460,7 @@ def interaction_deltas(
       num_contexts: C.
 
     Returns:
-      Delta v [P, M, C], float32.
+      Delta v [P, M, C], float32 ([K, P, M, C] for a game with K outputs).
     """
     n = game.num_players
     pairs = jnp.asarray(pairs, jnp.int32)
@@ -471,11 +481,14 @@ def interaction_deltas(
     def chunk_deltas(c: jax.Array) -> jax.Array:
         q = jnp.minimum(c * per_chunk + jnp.arange(per_chunk), total - 1)
         masks = jax.vmap(query_masks)(q)  # [per_chunk, 4, n]
-        v = game.batch_fn(masks.reshape(-1, n)).reshape(per_chunk, 4)
+        v = game.batch_fn(masks.reshape(-1, n))
+        v = v.reshape(per_chunk, 4, *v.shape[1:])
         return v[:, 0] - v[:, 1] - v[:, 2] + v[:, 3]
 
     deltas = jax.lax.map(chunk_deltas, jnp.arange(num_chunks))
-    return deltas.reshape(-1)[:total].reshape(num_pairs, num_orders, num_contexts)
+    extra = deltas.shape[2:]
+    deltas = deltas.reshape(-1, *extra)[:total].reshape(num_pairs, num_orders, num_contexts, *extra)
+    return jnp.moveaxis(deltas, (0, 1, 2), (-3, -2, -1)) if extra else deltas
 
 
 class InteractionEstimate(NamedTuple):
@@ -493,6 +506,46 @@ def summarize_deltas(deltas: jax.Array) -> InteractionEstimate:
     return InteractionEstimate(
         jnp.mean(deltas, axis=-1), std / math.sqrt(c), jnp.mean(jnp.abs(deltas), axis=-1)
     )
+
+
+def squared_mean_unbiased(samples: np.ndarray | jax.Array, axis: int = -1) -> np.ndarray:
+    """Unbiased estimate of (E X)^2 from C >= 2 i.i.d. samples of X along ``axis``.
+
+    The squared sample mean is biased upwards by Var X / C, a noise floor that is largest
+    where X varies most across contexts. ``mean^2 - s^2 / C`` (s^2 the unbiased sample
+    variance) equals the average of X_c X_c' over the C (C - 1) ordered pairs of distinct
+    samples, a U-statistic whose expectation is (E X)^2 exactly. With X = Delta v(i, j, S)
+    it estimates I^(m)(i, j)^2; with X = Delta v(i, j, S | x) - Delta v(i, j, S | x_adv) on
+    shared contexts S it estimates the squared change (I(x) - I(x_adv))^2. Single values can
+    be negative when the true mean is small next to the noise; keep them so that averages stay
+    unbiased.
+
+    Args:
+      samples: i.i.d. samples along ``axis`` (float).
+      axis: the sample (context) axis.
+
+    Returns:
+      The estimate, with ``axis`` removed (float64).
+    """
+    x = np.asarray(samples, np.float64)
+    count = x.shape[axis]
+    if count < 2:
+        raise ValueError(f"squared_mean_unbiased needs >= 2 samples, got {count}")
+    return x.mean(axis) ** 2 - x.var(axis, ddof=1) / count
+
+
+def split_half_product(samples: np.ndarray | jax.Array, axis: int = -1) -> np.ndarray:
+    """(mean of the first half) x (mean of the second half) of i.i.d. samples along ``axis``.
+
+    The halves are independent, so the expectation is (E X)^2: an unbiased estimate of the
+    squared mean with one split (`squared_mean_unbiased` averages over all pairs instead and
+    has the smaller variance). An odd last sample is dropped.
+    """
+    x = np.moveaxis(np.asarray(samples, np.float64), axis, -1)
+    half = x.shape[-1] // 2
+    if half < 1:
+        raise ValueError(f"split_half_product needs >= 2 samples, got {x.shape[-1]}")
+    return x[..., :half].mean(-1) * x[..., half : 2 * half].mean(-1)
 
 
 def interactions_sampled(
@@ -610,9 +663,12 @@ def attacking_utility_by_order(
 ) -> dict[str, np.ndarray]:
     """Order-m term of the attacking utility, sum_{i != j} w^(m) (I^(m)(i,j|x) - I^(m)(i,j|x_adv)).
 
-    With pairs sampled uniformly from a pair population, the sum over the n (n - 1) ordered
-    pairs is estimated by n (n - 1) times the mean over sampled pairs, i.e. (n - 1 - m) times
-    the mean difference (for neighbouring pairs it is the neighbour-pair extrapolation).
+    The sum over the n (n - 1) ordered pairs is n (n - 1) times the mean over all pairs, so
+    the result estimates the decomposition term only when the pairs are all pairs or are
+    drawn uniformly from all pairs (``analysis.pairs = 'random'``). Neighbouring pairs are
+    not a uniform sample (their interactions are stronger than the average pair's), so their
+    mean times n (n - 1) does not estimate it; the experiment then reports the exact terms on
+    a coarse grid instead (`decomposition_exact`).
 
     Args:
       interactions_clean: I^(m) on x [..., M] (leading axes: images, pairs).

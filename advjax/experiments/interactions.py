@@ -58,7 +58,10 @@ def validate_analysis(a: ml_collections.ConfigDict) -> None:
     """Checks the ``config.analysis`` section before any compute."""
     _check(len(a.grid) == 2 and min(a.grid) >= 2, "grid", tuple(a.grid), "need (rows, cols) >= 2")
     registry.one_of(a.baseline, itx.BASELINES, key="analysis.baseline")
-    registry.one_of(a.output, itx.OUTPUTS, key="analysis.output")
+    _check(len(a.outputs) >= 1, "outputs", list(a.outputs), f"need names from {itx.OUTPUTS}")
+    for output in a.outputs:
+        registry.one_of(output, itx.OUTPUTS, key="analysis.outputs")
+    _check(int(a.pool_size) >= 0, "pool_size", a.pool_size, "must be >= 0 (0: all test images)")
     registry.one_of(a.pairs, PAIR_KINDS, key="analysis.pairs")
     registry.one_of(a.label, LABELS, key="analysis.label")
     for key in ("num_images", "num_pairs", "num_contexts", "chunk_size"):
@@ -209,14 +212,18 @@ def balanced_first(candidates: np.ndarray, labels: np.ndarray, count: int) -> np
     return np.sort(candidates[order][:count])
 
 
+def _outputs(a) -> tuple[str, ...]:
+    return tuple(str(o) for o in a.outputs)
+
+
 def _game_settings(a, grid) -> tuple:
     """The static settings of the image game (hashable: a jit static argument)."""
-    return (tuple(int(g) for g in grid), a.baseline, float(a.blur_sigma), a.output,
+    return (tuple(int(g) for g in grid), a.baseline, float(a.blur_sigma), _outputs(a),
             int(a.chunk_size))  # fmt: skip
 
 
 def _image_game(model, x, label, channel_mean, settings):
-    grid, baseline, blur_sigma, output, chunk_size = settings
+    grid, baseline, blur_sigma, outputs, chunk_size = settings
     return itx.image_game(
         model,
         x,
@@ -225,7 +232,7 @@ def _image_game(model, x, label, channel_mean, settings):
         baseline=baseline,
         channel_mean=channel_mean,
         blur_sigma=blur_sigma,
-        output=output,
+        output=outputs,
         chunk_size=chunk_size,
     )
 
@@ -237,18 +244,19 @@ def _estimate(model, x, label, pairs, key, channel_mean, *, settings, orders, nu
     game = _image_game(model, x, label, channel_mean, settings)
     n = settings[0][0] * settings[0][1]
     deltas = itx.interaction_deltas(game, pairs, np.asarray(orders), key, num_contexts=num_contexts)
-    ends = game(jnp.stack([jnp.zeros(n, bool), jnp.ones(n, bool)]))
-    return deltas, ends
+    ends = game(jnp.stack([jnp.zeros(n, bool), jnp.ones(n, bool)]))  # [2, K]
+    return deltas, ends.T
 
 
 @functools.partial(jax.jit, static_argnames=("settings",))
 def _exact_table(model, x, label, channel_mean, *, settings):
     masks = jnp.asarray(itx.all_masks(settings[0][0] * settings[0][1]))
-    return _image_game(model, x, label, channel_mean, settings)(masks)
+    return _image_game(model, x, label, channel_mean, settings)(masks).T  # [K, 2^n]
 
 
 def make_image_estimator(model, a, *, channel_mean, orders: np.ndarray):
-    """(x, label, pairs, key) -> (Delta v [P, M, C], v(empty), v(N)) for one model.
+    """(x, label, pairs, key) -> (Delta v [K, P, M, C], (v(empty), v(N)) [K, 2]) for one
+    model, one row per output of ``a.outputs`` (all from the same forward passes).
 
     ``model`` is an `advjax.models.Model` (or a logits function); one compiled program
     serves every model of the same architecture.
@@ -267,7 +275,7 @@ def make_image_estimator(model, a, *, channel_mean, orders: np.ndarray):
 
 
 def make_exact_table(model, a, *, channel_mean):
-    """(x, label) -> v(S) for all 2^n coalitions of the coarse ``exact_grid``."""
+    """(x, label) -> v(S) [K, 2^n] for all coalitions of the coarse ``exact_grid``."""
     model = as_model(model)
     settings = _game_settings(a, a.exact_grid)
     return lambda x, label: _exact_table(model, x, label, channel_mean, settings=settings)
@@ -279,14 +287,16 @@ def compute_interactions(
     """Delta v on clean and adversarial images for every model, shared pairs and contexts.
 
     Returns:
-      {model: {'clean'|'adv': {'mean', 'stderr', 'mean_abs'} [I, P, M], 'ends_*' [I, 2]}},
-      and 'exact' decompositions on the coarse grid when ``a.exact_grid`` is set.
+      {output: {model: {'clean'|'adv': {'deltas' [I, P, M, C], 'ends' [I, 2],
+      'exact' (list of `itx.Decomposition` per image on the coarse ``a.exact_grid``, empty
+      without one)}}}} for every output of ``a.outputs``.
     """
     grid = tuple(int(g) for g in a.grid)
     n = grid[0] * grid[1]
+    outputs = _outputs(a)
     orders = itx.orders_from_ratios(a.ratios, n)
     key_pairs, key_ctx = jax.random.split(key)
-    out = {}
+    out = {o: {} for o in outputs}
     # Images are independent (pairs and contexts come from fold_in(key, image)): in a
     # multi-process run each process estimates every P-th image and the records are
     # gathered, so every process holds the single-process result.
@@ -310,37 +320,29 @@ def compute_interactions(
             one = {}
             for cond, img in (("clean", x[k]), ("adv", x_adv[name][k])):
                 deltas, ends = estimate(jnp.asarray(img), int(labels[k]), pairs, ctx)
-                est = itx.summarize_deltas(deltas)
-                one[cond] = {
-                    f: np.asarray(getattr(est, f), np.float64)
-                    for f in ("mean", "stderr", "mean_abs")
-                }
-                one[f"ends_{cond}"] = np.asarray(ends, np.float64)
+                one[cond] = {"deltas": np.asarray(deltas), "ends": np.asarray(ends, np.float64)}
                 if exact_table is not None:
-                    table = np.asarray(exact_table(jnp.asarray(img), int(labels[k])), np.float64)
-                    one[f"exact_{cond}"] = itx.decomposition_exact(table)
+                    tables = np.asarray(exact_table(jnp.asarray(img), int(labels[k])), np.float64)
+                    one[cond]["exact"] = [itx.decomposition_exact(t) for t in tables]
             mine[k] = one
         per_image = {}
         for part in distributed.allgather_objects(mine):
             per_image.update(part)
-        rec = {}
-        for cond in ("clean", "adv"):
-            rec[cond] = {
-                f: np.stack([per_image[k][cond][f] for k in range(len(x))])
-                for f in ("mean", "stderr", "mean_abs")
-            }
-            rec[f"ends_{cond}"] = np.stack([per_image[k][f"ends_{cond}"] for k in range(len(x))])
-            rec[f"exact_{cond}"] = [
-                per_image[k][f"exact_{cond}"]
-                for k in range(len(x))
-                if f"exact_{cond}" in per_image[k]
-            ]
-        out[name] = rec
+        for o_idx, o in enumerate(outputs):
+            rec = {}
+            for cond in ("clean", "adv"):
+                rows = [per_image[k][cond] for k in range(len(x))]
+                rec[cond] = {
+                    "deltas": np.stack([r["deltas"][o_idx] for r in rows]),
+                    "ends": np.stack([r["ends"][o_idx] for r in rows]),
+                    "exact": [r["exact"][o_idx] for r in rows if "exact" in r],
+                }
+            out[o][name] = rec
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Summaries and the two findings
+# Summaries and the findings
 # ---------------------------------------------------------------------------------------------
 
 
@@ -356,96 +358,139 @@ def _band_average(values: np.ndarray, labels: np.ndarray, band: str) -> np.ndarr
     return values[..., sel].mean(-1) if sel.any() else np.full(values.shape[:-1], np.nan)
 
 
-def summarize(est: dict, a, n: int) -> dict:
-    """All reported numbers from `compute_interactions` output."""
+def _per_image_curve(values: np.ndarray) -> dict:
+    """{'mean', 'std', 'stderr'} [M] of [I, P, M] values: pairs averaged within an image,
+    the interval over images (pairs of one image are not independent)."""
+    return itx.mean_std_stderr(np.asarray(values, np.float64).mean(1))
+
+
+def exact_order_ratios(num_players: int) -> np.ndarray:
+    """r = m / (n - 2) of every order m = 0 .. n-2 of an exact game (the reference code's
+    m = int((n - 2) r), inverted), so that the exact grid's orders share the bands."""
+    return np.arange(num_players - 1) / max(num_players - 2, 1)
+
+
+def summarize_model(rec: dict, a, n: int) -> dict:
+    """The reported numbers of one model and one output (``rec`` from `compute_interactions`).
+
+    Squared interactions and squared changes use `itx.squared_mean_unbiased` over the
+    contexts (noise floor removed); the paper's noise-biased statistics (mean |I|, the
+    disentanglement ratio) are reported next to them.
+    """
     ratios = np.asarray(a.ratios, np.float64)
     orders = itx.orders_from_ratios(a.ratios, n)
     bands = tuple(float(b) for b in a.bands)
     labels = np.array(itx.order_bands(ratios, bands=bands))
-    out = {"models": {}}
-    for name, rec in est.items():
-        clean, adv = rec["clean"], rec["adv"]
-        m = {}
-        for cond, r in (("clean", clean), ("adv", adv)):
-            raw = itx.interaction_strength(r["mean"], orders, n)
-            weighted = itx.interaction_strength(r["mean"], orders, n, weighted=True)
-            m[f"strength_{cond}"] = raw
-            m[f"weighted_strength_{cond}"] = weighted
-            m[f"strength_{cond}_bands"] = itx.band_means(raw["mean"], ratios, bands=bands)
-            m[f"disentanglement_{cond}"] = itx.disentanglement_ratio(r["mean"], r["mean_abs"])
-            m[f"disentanglement_{cond}_bands"] = itx.band_means(
-                m[f"disentanglement_{cond}"], ratios, bands=bands
-            )
-            m[f"median_sampling_stderr_{cond}"] = float(np.median(r["stderr"]))
-        change = np.abs(clean["mean"] - adv["mean"])  # [I, P, M]
-        m["abs_change"] = itx.mean_std_stderr(change)
-        m["abs_change_bands"] = itx.band_means(m["abs_change"]["mean"], ratios, bands=bands)
-        m["utility_by_order"] = itx.attacking_utility_by_order(
-            clean["mean"], adv["mean"], orders, n
+    clean, adv = rec["clean"]["deltas"], rec["adv"]["deltas"]  # [I, P, M, C]
+    m = {}
+    for cond, d in (("clean", clean), ("adv", adv)):
+        mean = d.mean(-1)
+        m[f"strength_{cond}"] = itx.interaction_strength(mean, orders, n)  # the paper's |I|
+        m[f"weighted_strength_{cond}"] = itx.interaction_strength(mean, orders, n, weighted=True)
+        sq = itx.squared_mean_unbiased(d)  # [I, P, M], unbiased I^2
+        m[f"strength_sq_{cond}"] = _per_image_curve(sq)
+        m[f"strength_sq_{cond}_bands"] = itx.band_means(
+            m[f"strength_sq_{cond}"]["mean"], ratios, bands=bands
         )
-        utility = itx.attacking_utility(rec["ends_clean"], rec["ends_adv"])
-        m["attacking_utility"] = _mean_se(utility)
-        # Finding 1, paired per (image, pair): high-order minus low-order |I(x) - I(x_adv)|,
-        # raw and relative to the clean strength at the same orders.
-        high, low = _band_average(change, labels, "high"), _band_average(change, labels, "low")
-        m["finding1_high_minus_low_abs_change"] = _mean_se(high - low)
-        per_img_h = _band_average(change.mean(1), labels, "high")
-        per_img_l = _band_average(change.mean(1), labels, "low")
-        m["finding1_high_over_low_ratio"] = float(per_img_h.mean() / per_img_l.mean())
-        # The same relative to each order's clean strength (scale-free across models).
-        rel = change.mean((0, 1)) / np.maximum(np.abs(clean["mean"]).mean((0, 1)), 1e-30)
-        m["relative_change"] = rel
-        m["relative_change_bands"] = itx.band_means(rel, ratios, bands=bands)
-        weighted_change = m["utility_by_order"]["abs_mean"]
-        m["utility_abs_bands"] = itx.band_means(weighted_change, ratios, bands=bands)
-        # Finding 2, per image: low-order strength and its share of the total strength.
-        strength_img = np.abs(clean["mean"]).mean(1)  # [I, M]
-        m["low_strength_per_image"] = _mean_se(_band_average(strength_img, labels, "low"))
-        m["low_relative_strength_per_image"] = _mean_se(
-            _band_average(strength_img, labels, "low") / strength_img.mean(-1)
+        m[f"disentanglement_{cond}"] = itx.disentanglement_ratio(mean, np.abs(d).mean(-1))
+        m[f"disentanglement_{cond}_bands"] = itx.band_means(
+            m[f"disentanglement_{cond}"], ratios, bands=bands
         )
-        dis_img = np.abs(clean["mean"]).mean(1) / np.maximum(clean["mean_abs"].mean(1), 1e-30)
-        m["low_disentanglement_per_image"] = _mean_se(_band_average(dis_img, labels, "low"))
-        if rec["exact_clean"]:
-            ec, ea = rec["exact_clean"], rec["exact_adv"]
-            m["exact_coarse"] = {
-                "max_abs_residual": float(max(abs(d.residual) for d in ec + ea)),
-                "order_terms_clean": _stack_stats([d.order_terms for d in ec]),
-                "order_terms_change": _stack_stats(
-                    [c.order_terms - d.order_terms for c, d in zip(ec, ea, strict=True)]
-                ),
-                "mu_change": _mean_se(
-                    [c.mu.sum() - d.mu.sum() for c, d in zip(ec, ea, strict=True)]
-                ),
-            }
-        out["models"][name] = m
-    std, rob = out["models"]["standard"], out["models"]["robust"]
-
-    def diff(key):
-        d, s = (
-            rob[key]["mean"] - std[key]["mean"],
-            math.hypot(rob[key]["stderr"], std[key]["stderr"]),
+        # Noise-free form of the sign consistency: E_pairs I^2 / E_pairs E_S Delta v^2.
+        consistency = sq.mean((0, 1)) / np.maximum((d.astype(np.float64) ** 2).mean((0, 1, 3)),
+                                                   1e-30)  # fmt: skip
+        m[f"consistency_{cond}"] = consistency
+        m[f"consistency_{cond}_bands"] = itx.band_means(consistency, ratios, bands=bands)
+        m[f"median_sampling_stderr_{cond}"] = float(
+            np.median(d.std(-1, ddof=1) / math.sqrt(d.shape[-1]))
         )
-        return {"robust_minus_standard": d, "stderr": s, "z": d / s if s > 0 else float("nan")}
-
-    out["finding1"] = {
-        name: {
-            "high_minus_low_abs_change": out["models"][name]["finding1_high_minus_low_abs_change"],
-            "high_over_low_ratio": out["models"][name]["finding1_high_over_low_ratio"],
-            "relative_change_bands": out["models"][name]["relative_change_bands"],
-            "holds": bool(out["models"][name]["finding1_high_minus_low_abs_change"]["mean"] > 0),
-        }
-        for name in est
-    }
-    out["finding2"] = {
-        "low_strength": diff("low_strength_per_image"),
-        "low_relative_strength": diff("low_relative_strength_per_image"),
-        "low_disentanglement": diff("low_disentanglement_per_image"),
-    }
-    out["finding2"]["holds"] = bool(
-        out["finding2"]["low_relative_strength"]["robust_minus_standard"] > 0
-        and out["finding2"]["low_disentanglement"]["robust_minus_standard"] > 0
+    # Finding 1: how much the attack changes I^(m), on shared contexts (paired differences).
+    diff = clean.astype(np.float64) - adv.astype(np.float64)  # [I, P, M, C]
+    change_sq = itx.squared_mean_unbiased(diff)  # unbiased (I(x) - I(x_adv))^2
+    naive_sq = diff.mean(-1) ** 2  # biased upwards by Var / C
+    m["change_sq"] = _per_image_curve(change_sq)
+    m["change_sq_naive"] = _per_image_curve(naive_sq)
+    m["change_sq_split_half"] = _per_image_curve(itx.split_half_product(diff))
+    m["change_noise_floor"] = m["change_sq_naive"]["mean"] - m["change_sq"]["mean"]
+    m["abs_change"] = _per_image_curve(np.abs(diff.mean(-1)))  # the noise-biased statistic
+    m["change_sq_bands"] = itx.band_means(m["change_sq"]["mean"], ratios, bands=bands)
+    per_image = change_sq.mean(1)  # [I, M]
+    high, low = _band_average(per_image, labels, "high"), _band_average(per_image, labels, "low")
+    m["finding1_high_minus_low_change_sq"] = _mean_se(high - low)
+    m["finding1_high_over_low_change_sq"] = float(high.mean() / low.mean())
+    naive_img = naive_sq.mean(1)
+    m["finding1_naive_high_minus_low"] = _mean_se(
+        _band_average(naive_img, labels, "high") - _band_average(naive_img, labels, "low")
     )
+    # Relative to the clean strength of each order (scale-free across models).
+    rel = m["change_sq"]["mean"] / np.maximum(np.abs(m["strength_sq_clean"]["mean"]), 1e-30)
+    m["relative_change_sq"] = rel
+    m["relative_change_sq_bands"] = itx.band_means(rel, ratios, bands=bands)
+    # Attacking utility: v(N) - v(empty) on x minus on x_adv (fine grid).
+    m["attacking_utility"] = _mean_se(
+        itx.attacking_utility(rec["clean"]["ends"], rec["adv"]["ends"])
+    )
+    if a.pairs == "random":  # pairs uniform over all pairs: n (n - 1) x mean is unbiased
+        m["utility_by_order_sampled"] = itx.attacking_utility_by_order(
+            clean.mean(-1), adv.mean(-1), orders, n
+        )
+    # Finding 2: the share of the interaction strength in the low and the high band.
+    sq_img = itx.squared_mean_unbiased(clean).mean(1)  # [I, M]
+    total = sq_img.mean()
+    m["low_share"] = float(_band_average(sq_img, labels, "low").mean() / total)
+    m["high_share"] = float(_band_average(sq_img, labels, "high").mean() / total)
+    m["low_strength_sq"] = _mean_se(_band_average(sq_img, labels, "low"))
+    m["high_strength_sq"] = _mean_se(_band_average(sq_img, labels, "high"))
+    if rec["clean"]["exact"]:
+        ec, ea = rec["clean"]["exact"], rec["adv"]["exact"]
+        ne = len(ec[0].mu)
+        e_labels = np.array(itx.order_bands(exact_order_ratios(ne), bands=bands))
+        change_terms = np.stack(
+            [c.order_terms - d.order_terms for c, d in zip(ec, ea, strict=True)]
+        )
+        m["exact_coarse"] = {
+            "num_players": int(ne),
+            "ratios": exact_order_ratios(ne),
+            "max_abs_residual": float(max(abs(d.residual) for d in ec + ea)),
+            "order_terms_clean": _stack_stats([d.order_terms for d in ec]),
+            "order_terms_change": _stack_stats(list(change_terms)),
+            "mu_change": _mean_se([c.mu.sum() - d.mu.sum() for c, d in zip(ec, ea, strict=True)]),
+            "utility": _mean_se([c.total - d.total for c, d in zip(ec, ea, strict=True)]),
+            # Signed utility carried by the high band minus the low band, per image.
+            "high_minus_low": _mean_se(
+                change_terms[:, e_labels == "high"].sum(1)
+                - change_terms[:, e_labels == "low"].sum(1)
+            ),
+            "band_sums": {
+                b: _mean_se(change_terms[:, e_labels == b].sum(1))
+                for b in ("low", "middle", "high")
+            },
+        }
+    return m
+
+
+def summarize(est: dict, a, n: int) -> dict:
+    """All reported numbers of `compute_interactions` output, per output and model, and the
+    robust-minus-standard differences of finding 2."""
+    out = {}
+    for output, by_model in est.items():
+        models = {name: summarize_model(rec, a, n) for name, rec in by_model.items()}
+        std, rob = models["standard"], models["robust"]
+
+        def diff(key, band, std=std, rob=rob):
+            return rob[key][band] - std[key][band]
+
+        out[output] = {
+            "models": models,
+            "finding2": {
+                "high_share_robust_minus_standard": rob["high_share"] - std["high_share"],
+                "low_share_robust_minus_standard": rob["low_share"] - std["low_share"],
+                "low_consistency_robust_minus_standard": diff("consistency_clean_bands", "low"),
+                "low_disentanglement_robust_minus_standard": diff(
+                    "disentanglement_clean_bands", "low"
+                ),
+            },
+        }
     return out
 
 
@@ -460,63 +505,54 @@ def _stack_stats(rows) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def _rms(curve: dict) -> dict:
+    """sqrt of a mean-square curve (negative estimates shown as 0), SE by the delta method."""
+    mean = np.maximum(np.asarray(curve["mean"]), 0.0)
+    root = np.sqrt(mean)
+    return {"mean": root, "stderr": np.asarray(curve["stderr"]) / np.maximum(2 * root, 1e-12)}
+
+
 def write_figures(summary: dict, a, fig_dir: str, *, x, x_adv) -> list[str]:
     ratios = list(a.ratios)
-    ms = summary["models"]
     paths = []
-    for key, ylabel in (("strength", "mean |I^(m)|"), ("weighted_strength", "mean w^(m) |I^(m)|")):
+    for output, s in summary.items():
+        ms = s["models"]
         curves = {
-            f"{name} {cond}": ms[name][f"{key}_{cond}"] for name in ms for cond in ("clean", "adv")
+            f"{name} {cond}": _rms(ms[name][f"strength_sq_{cond}"])
+            for name in ms
+            for cond in ("clean", "adv")
         }
-        paths.append(
-            itx.plot_order_curves(
-                os.path.join(fig_dir, f"{key}.png"),
-                ratios,
-                curves,
-                ylabel=ylabel,
-                title="interaction strength vs order",
-            )
-        )
-    curves = {f"{name} |I(x) - I(x_adv)|": ms[name]["abs_change"] for name in ms}
-    paths.append(
-        itx.plot_order_curves(
-            os.path.join(fig_dir, "attack_change.png"),
-            ratios,
-            curves,
-            ylabel="mean |I(x) - I(x_adv)|",
-            title="interactions changed by the attack",
-        )
-    )
-    curves = {
-        f"{name}": {
-            "mean": ms[name]["utility_by_order"]["mean"],
-            "stderr": ms[name]["utility_by_order"]["stderr"],
+        paths.append(itx.plot_order_curves(
+            os.path.join(fig_dir, f"strength_{output}.png"), ratios, curves,
+            ylabel="RMS I^(m) (noise-corrected)", title=f"interaction strength, v = {output}",
+        ))  # fmt: skip
+        curves = {}
+        for name in ms:
+            curves[f"{name} unbiased"] = _rms(ms[name]["change_sq"])
+            curves[f"{name} naive"] = _rms(ms[name]["change_sq_naive"])
+        paths.append(itx.plot_order_curves(
+            os.path.join(fig_dir, f"attack_change_{output}.png"), ratios, curves,
+            ylabel="RMS [I(x) - I(x_adv)]",
+            title=f"change by the attack, v = {output} (naive: with noise floor)",
+        ))  # fmt: skip
+        curves = {
+            f"{name} {cond}": ms[name][f"consistency_{cond}"]
+            for name in ms
+            for cond in ("clean", "adv")
         }
-        for name in ms
-    }
-    paths.append(
-        itx.plot_order_curves(
-            os.path.join(fig_dir, "utility_by_order.png"),
-            ratios,
-            curves,
-            ylabel="(n-1-m) mean [I(x) - I(x_adv)]",
-            title="attacking utility per order",
-        )
-    )
-    curves = {
-        f"{name} {cond}": ms[name][f"disentanglement_{cond}"]
-        for name in ms
-        for cond in ("clean", "adv")
-    }
-    paths.append(
-        itx.plot_order_curves(
-            os.path.join(fig_dir, "disentanglement.png"),
-            ratios,
-            curves,
-            ylabel="|E_S dv| / E_S |dv|",
-            title="disentanglement ratio",
-        )
-    )
+        paths.append(itx.plot_order_curves(
+            os.path.join(fig_dir, f"consistency_{output}.png"), ratios, curves,
+            ylabel="E I^2 / E dv^2", title=f"sign consistency across contexts, v = {output}",
+        ))  # fmt: skip
+        exact = {name: ms[name]["exact_coarse"] for name in ms if "exact_coarse" in ms[name]}
+        if exact:
+            first = next(iter(exact.values()))
+            paths.append(itx.plot_order_curves(
+                os.path.join(fig_dir, f"utility_by_order_{output}.png"), list(first["ratios"]),
+                {name: e["order_terms_change"] for name, e in exact.items()},
+                ylabel="sum_{i!=j} w^(m) [I(x) - I(x_adv)]",
+                title=f"attacking utility per order, exact, n = {first['num_players']}",
+            ))  # fmt: skip
     shown = min(6, len(x))
     if shown:
         rows = [x[:shown]] + [x_adv[name][:shown] for name in x_adv]
@@ -544,13 +580,42 @@ def _jsonable(obj):
     return obj
 
 
+def pool_indices(num_test: int, pool_size: int, seed: int) -> np.ndarray:
+    """The test images scanned for examples: all in order (``pool_size`` 0) or a sorted random
+    subset of ``pool_size`` drawn with ``seed`` (so that seeds see different images)."""
+    if pool_size <= 0 or pool_size >= num_test:
+        return np.arange(num_test)
+    return np.sort(np.random.default_rng(seed).choice(num_test, pool_size, replace=False))
+
+
+def robust_accuracy(models: dict, x: np.ndarray, y: np.ndarray, key: jax.Array, a, *, bounds):
+    """Clean and PGD accuracy of every model on the pool (attack ``a.robust_eval``)."""
+    from advjax import evaluation
+    from advjax.attacks import build_attack
+
+    cfg = a.robust_eval
+    attack = build_attack(cfg)
+    out = {}
+    for k, (name, model) in enumerate(models.items()):
+        out[name] = {
+            "clean": evaluation.accuracy(model, x, y, bounds=bounds),
+            "pgd": evaluation.accuracy(
+                model, x, y, attack=attack, key=jax.random.fold_in(key, k), bounds=bounds
+            ),
+            "num_examples": int(len(x)),
+            "attack": f"PGD-{int(cfg.num_steps)} {cfg.norm} eps {float(cfg.eps)} step "
+            f"{float(cfg.step_size)}, {int(cfg.num_restarts)} restart(s), loss {cfg.loss}",
+        }
+    return out
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The interactions analysis (`--mode analyze`, ``analysis.name = 'interactions'``).
 
     Args:
       config: experiment config (configs/interactions.py).
       workdir: output folder; models train under ``workdir/models/<name>`` unless
-        ``analysis.models.<name>.workdir`` points at a finished run.
+        ``analysis.models.<name>.workdir`` points at a run folder (trained there if absent).
 
     Returns:
       The report dict also written to ``workdir/interactions.json``.
@@ -562,20 +627,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     channel_mean = jnp.asarray(dataset.train_x.mean(axis=(0, 1, 2)), jnp.float32)
     fns = {name: m.model for name, m in models.items()}
     key = jax.random.key(int(config.seed))
+    pool = pool_indices(len(dataset.test_x), int(a.pool_size), int(config.seed))
+    pool_x, pool_y = dataset.test_x[pool], dataset.test_y[pool]
     idx, x_adv, attack_stats = select_and_attack(
-        fns,
-        dataset.test_x,
-        dataset.test_y,
-        jax.random.fold_in(key, 0),
-        a,
-        bounds=dataset.info.bounds,
+        fns, pool_x, pool_y, jax.random.fold_in(key, 0), a, bounds=dataset.info.bounds
     )
     if len(idx) < 2:
         raise AnalysisError(
-            f"only {len(idx)} of {len(dataset.test_x)} test images are correct for both models "
+            f"only {len(idx)} of {len(pool)} test images are correct for both models "
             "with an in-band attack: raise config.data.num_test or analysis.attack.eps"
         )
-    x, y = dataset.test_x[idx], dataset.test_y[idx]
+    accuracy = robust_accuracy(
+        fns, pool_x, pool_y, jax.random.fold_in(key, 2), a, bounds=dataset.info.bounds
+    )
+    x, y = pool_x[idx], pool_y[idx]
     est = compute_interactions(
         fns, x, y, x_adv, jax.random.fold_in(key, 1), a, channel_mean=channel_mean
     )
@@ -583,19 +648,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = summarize(est, a, n)
     fig_dir = os.path.join(workdir, "figures")
     figures = write_figures(summary, a, fig_dir, x=x, x_adv=x_adv)
-    f1, f2 = summary["finding1"], summary["finding2"]
     report = {
-        "finding1_holds_standard": f1["standard"]["holds"],
-        "finding1_holds_robust": f1["robust"]["holds"],
-        "finding2_holds": f2["holds"],
-        "finding1_standard_high_minus_low": f1["standard"]["high_minus_low_abs_change"]["mean"],
-        "finding1_robust_high_minus_low": f1["robust"]["high_minus_low_abs_change"]["mean"],
-        "finding2_low_relative_strength_diff": f2["low_relative_strength"]["robust_minus_standard"],
-        "finding2_low_relative_strength_z": f2["low_relative_strength"]["z"],
-        "finding2_low_disentanglement_diff": f2["low_disentanglement"]["robust_minus_standard"],
         "num_images": int(len(idx)),
         "num_players": n,
-        "wall_seconds": time.time() - start,
         "settings": {
             "grid": list(a.grid),
             "ratios": list(a.ratios),
@@ -604,19 +659,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "pairs": a.pairs,
             "num_contexts": int(a.num_contexts),
             "baseline": a.baseline,
-            "output": a.output,
+            "outputs": list(_outputs(a)),
             "label": a.label,
             "bands": list(a.bands),
             "attack": a.attack.to_dict(),
-            "pool_size": int(len(dataset.test_x)),
+            "pool_size": int(len(pool)),
             "seed": int(config.seed),
             "exact_grid": list(a.exact_grid),
             "model_steps": {name: int(m.step) for name, m in models.items()},
             "model_configs": {name: a.models[name].config for name in models},
         },
+        "robust_accuracy": accuracy,
         "attack": attack_stats,
-        "image_indices": idx,
-        **summary,
+        "image_indices": pool[idx],
+        "by_output": summary,
         "figures": [os.path.relpath(p, workdir) for p in figures],
     }
     report["wall_seconds"] = time.time() - start
