@@ -1,9 +1,12 @@
 """Finite-sample adversarial training of the core/spurious linear regression model.
 
-Moayeri et al. 2022, "Explicit Tradeoffs between Adversarial and Natural Distributional
-Robustness", section 3: a linear model ``w^T x + b`` trained with squared loss and an l_p
-PGD inner maximisation (objective ``squared_at``) on 10,000 draws of the Gaussian model
-with one core feature (noise 0.5) and one spurious feature (noise 1), both of scale 1.
+The linear-regression setting of Moayeri et al. 2022, "Explicit Tradeoffs between
+Adversarial and Natural Distributional Robustness" (as its abstract states it; the
+Gaussian model below is advjax's reconstruction, not the paper's own section-3 model,
+which was not available): a linear model ``w^T x + b`` trained with squared loss and an
+l_p PGD inner maximisation (objective ``squared_at``) on 10,000 draws of the Gaussian model
+with one core feature (noise 0.5) and one spurious feature (noise 1), both of scale 1
+(``data.scale_core`` / ``data.scale_spurious`` change the scales).
 Training lands on the minimiser of the closed-form adversarial risk
 (`advjax.analysis.tradeoff.minimize_adversarial_risk`) up to sampling error; the
 ``spurious`` analysis (``--mode analyze``) trains one such model per norm and compares.

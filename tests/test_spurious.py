@@ -450,4 +450,7 @@ def test_notebook_runs(run_notebook):
     )
     assert "RFS background-only model: -1.000" in text
     assert "RFS foreground-only model: 1.000" in text
-    assert "l2 reliance rises with eps: True" in text
+    # Claim (i) is checked per scale pair and fails for l_2 at lambda_c:lambda_s = 3:1.
+    assert "claim (i) holds at every pair: False; failing: ['3:1 l2']" in text
+    assert "claim (ii) holds at every pair: True" in text
+    assert "all theory claims hold: False" in text

@@ -3,11 +3,14 @@
 Moayeri, Banihashem, Feizi 2022, "Explicit Tradeoffs between Adversarial and Natural
 Distributional Robustness" (arXiv 2209.07592).
 
-Theory (linear regression, section 3 of the paper; the data model is written out in
-``CoreSpuriousModel``): closed-form second moments, the adversarially optimal linear
-predictor for each l_p threat model over a sweep of radii (via
+Theory (linear regression on Gaussian data with disjoint core and spurious features, the
+setting the paper's abstract names): closed-form second moments, the adversarially optimal
+linear predictor for each l_p threat model over a sweep of radii (via
 `advjax.analysis.tradeoff.minimize_adversarial_risk`), the spurious-reliance share of a
 predictor and its error when the spurious correlation is flipped or removed at test time.
+Only the abstract of the paper was available: the data model (``CoreSpuriousModel``) and
+the reliance metric (`spurious_reliance`) are advjax's reconstruction, chosen to be
+consistent with the abstract's claims, not the paper's own section-3 model or theorems.
 
 Empirical metrics for image classifiers: accuracy under foreground-only / background-only
 Gaussian noise and the relative foreground sensitivity (RFS) of RIVAL10, the background gap
@@ -34,6 +37,8 @@ from advjax.analysis import tradeoff
 class CoreSpuriousModel:
     """Gaussian regression data with disjoint core and spurious feature sets.
 
+    advjax's reconstruction of the setting in the abstract of Moayeri et al. 2022 (the
+    paper's own model and theorems were not available):
     ``y ~ N(0, 1)``; core features ``x_c = scale_core * (y 1 + noise_core n_c)``
     (``d_core`` of them); spurious features
     ``x_s = scale_spurious * (spurious_sign * y 1 + noise_spurious n_s)`` (``d_spurious``),
@@ -80,7 +85,8 @@ class CoreSpuriousModel:
 
 
 def spurious_reliance(w: jax.Array, model: CoreSpuriousModel) -> jax.Array:
-    """Scale-adjusted share of weight on spurious features.
+    """Scale-adjusted share of weight on spurious features (advjax's reconstruction; the
+    paper's exact reliance metric was not available).
 
     ``rho(w) = sum_s |w_s| lambda_s / (sum_c |w_c| lambda_c + sum_s |w_s| lambda_s)``: the
     share of the prediction's signal ``w_i lambda_i y`` that comes from spurious coordinates
@@ -97,6 +103,38 @@ def spurious_reliance(w: jax.Array, model: CoreSpuriousModel) -> jax.Array:
     spur = jnp.sum(contrib[..., model.d_core :], axis=-1)
     total = jnp.sum(contrib, axis=-1)
     return spur / jnp.where(total > 0, total, 1.0)
+
+
+def ridge_path_weights(model: CoreSpuriousModel, ridge: float) -> np.ndarray:
+    """The ridge solution ``(E[x x^T] + ridge I)^{-1} E[x y]`` of the model.
+
+    Every minimiser of the l_2 adversarial risk ``R(w) = s^2 + 2 sqrt(2/pi) eps ||w|| s +
+    eps^2 ||w||^2`` (``s^2 = E(y - w^T x)^2``) lies on this path: setting the gradient to
+    zero gives ``(E[x x^T] w - E[x y]) A + w B = 0`` with ``A = 1 + sqrt(2/pi) eps ||w|| / s``
+    and ``B = (sqrt(2/pi) eps s + eps^2 ||w||) / ||w||``, i.e. ridge ``B / A >= 0``, which
+    grows with ``eps``.
+    """
+    cov, c, _ = model.moments()
+    return np.linalg.solve(cov + float(ridge) * np.eye(model.dim), c)
+
+
+def l2_reliance_direction(model: CoreSpuriousModel) -> str:
+    """Closed-form direction in which l_2 adversarial training moves `spurious_reliance`.
+
+    On the ridge path (`ridge_path_weights`), ``E[x x^T] = c c^T + D`` with
+    ``D = diag(lambda_i^2 sigma_i^2)`` gives ``w ∝ (D + ridge I)^{-1} c`` (Sherman-Morrison),
+    so coordinate ``i`` contributes ``|w_i| lambda_i ∝ lambda_i^2 / (lambda_i^2 sigma_i^2 +
+    ridge)``. The spurious share then rises with the ridge iff the spurious features' noise
+    variance exceeds the core features': ``lambda_s sigma_s > lambda_c sigma_c``.
+
+    Returns:
+      ``'rises'``, ``'falls'`` or ``'flat'``.
+    """
+    s = model.scale_spurious * model.noise_spurious
+    c = model.scale_core * model.noise_core
+    if np.isclose(s, c):
+        return "flat"
+    return "rises" if s > c else "falls"
 
 
 def shifted_mse(
@@ -141,7 +179,7 @@ def reliance_sweep(
     """Adversarially optimal predictors, their reliance and shifted-domain errors.
 
     For each threat model, minimises the population adversarial risk over ``eps_grid``
-    (Moayeri et al. 2022, section 3) and evaluates the minimiser.
+    (the setting of Moayeri et al. 2022, on the reconstructed model) and evaluates it.
 
     Returns:
       ``{norm: {"eps", "weights", "reliance", "mse_same", "mse_removed", "mse_flipped",
@@ -173,6 +211,47 @@ def reliance_sweep(
         ]
         out[norm] = rows
     return out
+
+
+def core_only_adversarial_risk(
+    model: CoreSpuriousModel,
+    *,
+    norm: str,
+    eps_grid: Sequence[float],
+    num_steps: int = 6000,
+    learning_rate: float = 0.05,
+) -> list[float]:
+    """Minimal population adversarial risk of a predictor that uses the core features only.
+
+    The minimiser of `tradeoff.gaussian_adversarial_risk` restricted to the core block of
+    the moments (spurious weights fixed at 0), per radius. Compared with the risk of the
+    unrestricted minimiser (``reliance_sweep``'s ``adv_risk``) it measures how much a
+    spurious correlation that persists at test time lowers the adversarial risk.
+    """
+    cov, c, vy = model.moments()
+    k = model.d_core
+    weights = tradeoff.minimize_adversarial_risk(
+        cov_xx=cov[:k, :k],
+        cov_xy=c[:k],
+        var_y=vy,
+        norm=norm,
+        eps_grid=eps_grid,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+    )
+    return [
+        float(
+            tradeoff.gaussian_adversarial_risk(
+                w,
+                cov_xx=jnp.asarray(cov[:k, :k]),
+                cov_xy=jnp.asarray(c[:k]),
+                var_y=vy,
+                norm=norm,
+                eps=e,
+            )
+        )
+        for w, e in zip(weights, eps_grid, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------------------------------

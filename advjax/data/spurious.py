@@ -4,8 +4,10 @@ A grey object image (MNIST or Fashion-MNIST) is composited in white over a backg
 that belongs to a *background class* ``b``: a per-class colour (``background='colour'``) or
 a per-class stripe texture (``'texture'``). In training ``b = y`` with probability ``rho``
 and otherwise a uniformly drawn other class, so the background is a spurious feature
-that predicts the label with accuracy ``rho``. Test domains (ImageNet-9 / Waterbirds
-style, used by Moayeri et al. 2022 to measure background reliance):
+that predicts the label with accuracy ``rho``. A small synthetic stand-in, built by
+advjax, for the real-image benchmarks on which Moayeri et al. 2022 measure background
+reliance (RIVAL10, ImageNet-9, Waterbirds); its test domains follow ImageNet-9 /
+Waterbirds:
 
 * ``same``: ``b = y`` (the spurious correlation holds perfectly),
 * ``random``: ``b`` uniform over all classes (no correlation),

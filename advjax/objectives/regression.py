@@ -1,11 +1,11 @@
 """Adversarial training of a one-output regression model with squared loss.
 
-The training objective of the linear-regression theory of Moayeri et al. 2022 ("Explicit
-Tradeoffs between Adversarial and Natural Distributional Robustness", section 3):
-``min_w E[max_{||delta||_p <= eps} (y - f(x + delta))^2]``. The inner maximum is found by
-projected gradient ascent on the squared loss (Madry et al. 2018, Eq. 2, with the loss of
-the regression model instead of cross-entropy); for a linear model ``f(x) = w^T x + b`` it
-reaches the closed form ``(|y - w^T x - b| + eps ||w||_q)^2``
+The training objective of the linear-regression setting of Moayeri et al. 2022 ("Explicit
+Tradeoffs between Adversarial and Natural Distributional Robustness", as its abstract
+states it): ``min_w E[max_{||delta||_p <= eps} (y - f(x + delta))^2]``. The inner maximum
+is found by projected gradient ascent on the squared loss (Madry et al. 2018, Eq. 2, with
+the loss of the regression model instead of cross-entropy); for a linear model
+``f(x) = w^T x + b`` it reaches the closed form ``(|y - w^T x - b| + eps ||w||_q)^2``
 (`advjax.analysis.tradeoff.adversarial_squared_loss`), so training lands on the
 closed-form adversarial minimiser. The ascent is the core `advjax.attacks.ascent.ascent`
 with the squared error as a callable loss.
@@ -130,7 +130,7 @@ def squared_error(predictions: jax.Array, y: jax.Array, clean: jax.Array | None)
 
 
 def build_squared_at(cfg) -> Objective:
-    """Squared-loss adversarial training of a one-output model (Moayeri et al. 2022, sec. 3).
+    """Squared-loss adversarial training of a one-output model (Moayeri et al. 2022 setting).
 
     Config keys:
       attack: ``{'name': 'pgd', 'norm', 'eps', 'step_size' (default 2.5 eps / num_steps),
