@@ -28,7 +28,10 @@ from __future__ import annotations
 
 from configs import base
 
-ARGS = ("smoke", "cpu")
+ARGS = ("smoke", "cpu", "findings")
+
+
+FINDINGS_SIZES = (100, 1000, 10000, 60000)
 
 
 def get_config(arg: str | None = None):
@@ -63,6 +66,15 @@ def get_config(arg: str | None = None):
         c.analysis.epochs = 10.0
         c.analysis.min_steps = 300
         c.analysis.attack_steps = 5
+    if "findings" in args:
+        c.analysis.sizes = FINDINGS_SIZES
+        c.analysis.eps_train = (0.0, 2.0)
+        c.analysis.seeds = (0, 1, 2)
+        c.analysis.epochs = 2.0
+        c.analysis.min_steps = 300
+        c.analysis.attack_steps = 3
+        c.analysis.num_robust_eval = 500
+        c.train.log_every_steps = 100
     if "smoke" in args:
         c.data.num_test = 200
         c.train.progress = False

@@ -89,7 +89,9 @@ def run(config, workdir: str) -> dict:
     x, y = synthetic.sample_tsipras(
         jax.random.fold_in(key, 99), int(an.get("num_monte_carlo", 20_000)), **params
     )
-    report: dict = {"params": {"dim": dim, "eta": eta, "p": p, "eps": eps}}
+    report: dict = {
+        "params": {"dim": dim, "eta": eta, "p": p, "eps": eps, "num_monte_carlo": int(x.shape[0])}
+    }
 
     fixed = {}
     for name in ("averaging", "sign_x1"):
