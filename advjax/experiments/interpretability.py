@@ -211,15 +211,31 @@ def _ensemble_eval_config(config) -> ml_collections.ConfigDict | None:
         return None
     cfg = ml_collections.ConfigDict(config.eval.to_dict())
     attacks = a.ensemble.to_dict()
-    # The PGD attack at the same eps joins, so the per-example worst case is reported too.
-    with_pgd = a.get("ensemble_with", "")
-    if with_pgd:
+    # The PGD attacks at the same eps join, so the per-example worst case of each threat
+    # model is reported too.
+    for with_pgd in _ensemble_with(a):
+        if with_pgd not in config.eval.attacks:
+            raise ValueError(
+                f"config key 'analysis.ensemble_with': got {with_pgd!r}; allowed: "
+                f"{list(config.eval.attacks.keys())}"
+            )
         attacks[with_pgd] = config.eval.attacks[with_pgd].to_dict()
     cfg.attacks = ml_collections.ConfigDict(attacks)
     cfg.num_examples = int(a.get("ensemble_examples", 0) or cfg.num_examples)
     cfg.eps_grid = []
     cfg.sanity_checks = False
     return cfg
+
+
+def _ensemble_with(a) -> list[str]:
+    """``analysis.ensemble_with``: one PGD attack name, a list of them, or none."""
+    value = a.get("ensemble_with", "") or []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def threat_model_key(norm: str, eps: float) -> str:
+    """``"l2_1p5"`` for (l2, 1.5): the name of a threat model in rows and tables."""
+    return f"{norm}_{eps:g}".replace(".", "p")
 
 
 def _ordering(rows: dict[str, dict], attack_names: list[str], a) -> dict:
@@ -257,18 +273,17 @@ def _markdown(rows: dict[str, dict], attacks: dict[str, dict], report: dict) -> 
     head = ["model", "objective", "clean"] + [
         f"{attacks[n]['norm']} {attacks[n]['eps']:g}" for n in names
     ]
-    extra = sorted({k for r in rows.values() for k in r.get("ensemble", {})} - {"num_examples"})
+    extra = sorted({k for r in rows.values() for k in r.get("ensemble", {}).get("worst_case", {})})
     n_ens = next((r["ensemble"]["num_examples"] for r in rows.values() if "ensemble" in r), 0)
-    head += [f"{k} (first {n_ens})" for k in extra]
+    head += [f"ensemble + PGD {k} (first {n_ens})" for k in extra]
     metric_keys = sorted({k for r in rows.values() for k in r["interpretability"]})
     head += metric_keys
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         cells = [name, r["objective"], f"{100 * r['clean_accuracy']:.1f}"]
         cells += [f"{100 * r['robust'][n]:.1f}" for n in names]
-        cells += [
-            f"{100 * r['ensemble'][k]:.1f}" if k in r.get("ensemble", {}) else "-" for k in extra
-        ]
+        worst = r.get("ensemble", {}).get("worst_case", {})
+        cells += [f"{100 * worst[k]:.1f}" if k in worst else "-" for k in extra]
         cells += [f"{r['interpretability'].get(k, float('nan')):.3f}" for k in metric_keys]
         lines.append("| " + " | ".join(cells) + " |")
     o = report["ordering"]
@@ -387,8 +402,13 @@ def run(config, workdir: str) -> dict:
             cache = os.path.join(mdir, f"{NAME}_ensemble_eval.json")
             ens = _evaluate(model, eval_x, eval_y, ensemble_cfg, cache, eval_key)
             row["ensemble"] = {k: v["robust_accuracy"] for k, v in ens["attacks"].items()}
-            row["ensemble"]["worst_case"] = ens["robust_accuracy"]
+            # Per threat model: the ensemble and the PGD attack at that (norm, eps) together.
+            row["ensemble"]["worst_case"] = {
+                threat_model_key(g["norm"], g["eps"]): g["robust_accuracy"]
+                for g in ens["worst_case"]["threat_models"].values()
+            }
             row["ensemble"]["num_examples"] = ens["num_examples"]
+            row["ensemble"]["clean_accuracy"] = ens["clean_accuracy"]
         row["eval_seconds_this_call"] = round(time.time() - t0, 1)
         rows[name] = row
     order = list(a.get("order", None) or []) + [n for n in rows if n not in (a.get("order") or [])]
@@ -431,6 +451,13 @@ def run(config, workdir: str) -> dict:
         "num_eval_examples": int(n_eval),
         "num_metric_examples": int(n_metric),
         "attacks": attack_meta,
+        "ensemble": None
+        if ensemble_cfg is None
+        else {
+            "attacks": a.ensemble.to_dict(),
+            "with_pgd": _ensemble_with(a),
+            "num_examples": int(ensemble_cfg.num_examples),
+        },
         "seed": config.seed,
         "rows": rows,
         "figures": [os.path.relpath(p, workdir) for p in figures],
