@@ -95,9 +95,8 @@ def get_config(arg: str | None = None):
         a.attack.band = (4.0, 4.5)
         a.attack.eps = 0.3
     elif arg == "smoke":
-        c.data.num_test = 100
         a = c.analysis
-        a.pool_size = 0
+        a.pool_size = 100
         for name, spec in (
             ("standard", "configs/mnist_standard.py:smoke"),
             ("robust", "configs/mnist_pgd.py:smoke"),

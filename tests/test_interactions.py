@@ -172,6 +172,64 @@ def test_sampled_interactions_agree_with_enumeration():
     assert 0.6 < np.mean(z**2) < 1.5  # standard errors are calibrated
 
 
+def test_squared_mean_unbiased_is_the_mean_over_distinct_pairs():
+    x = np.random.default_rng(0).normal(size=(3, 5))
+    brute = np.array(
+        [np.mean([r[a] * r[b] for a, b in itertools.permutations(range(5), 2)]) for r in x]
+    )
+    np.testing.assert_allclose(itx.squared_mean_unbiased(x), brute, rtol=1e-12)
+    np.testing.assert_allclose(
+        itx.split_half_product(x[:, :4]), x[:, :2].mean(1) * x[:, 2:4].mean(1)
+    )
+    with pytest.raises(ValueError, match="2 samples"):
+        itx.squared_mean_unbiased(x[:, :1])
+
+
+def test_attack_change_estimator_is_unbiased_against_enumeration():
+    """On shared contexts, the noise-corrected squared change averages to the exact
+    (I(x) - I(x_adv))^2 of enumeration, and the plain squared mean is biased upwards by
+    exactly Var_S[Delta v(x) - Delta v(x_adv)] / C."""
+    n, c, reps = 7, 4, 1500
+    t_clean, t_adv = smooth_game_table(n, 3), smooth_game_table(n, 4)
+    pairs = np.array([[0, 1], [2, 5]], np.int32)
+    orders = np.array([1, 2, 3, 4])
+    key = jax.random.key(7)
+    deltas = [
+        np.asarray(
+            itx.interaction_deltas(
+                itx.table_game(t.astype(np.float32), chunk_size=512),
+                pairs, orders, key, num_contexts=c * reps,
+            ),
+            np.float64,
+        ).reshape(len(pairs), len(orders), reps, c)
+        for t in (t_clean, t_adv)
+    ]  # fmt: skip
+    diff = deltas[0] - deltas[1]  # the same contexts S for x and x_adv (same key)
+    exact_change, exact_var = np.zeros((2, len(pairs), len(orders)))
+    for p, (i, j) in enumerate(pairs):
+        rest = [k for k in range(n) if k not in (i, j)]
+        for o, m in enumerate(orders):
+            d = []
+            for s in itertools.combinations(rest, m):
+                code = sum(1 << k for k in s)
+                ij = code | (1 << i) | (1 << j)
+                d.append(sum(sign * (tc[ij] - tc[code | (1 << i)] - tc[code | (1 << j)]
+                                     + tc[code])
+                             for sign, tc in ((1, t_clean), (-1, t_adv))))  # fmt: skip
+            exact_change[p, o], exact_var[p, o] = np.mean(d), np.var(d)
+    for estimates, target in (
+        (itx.squared_mean_unbiased(diff), exact_change**2),
+        (itx.split_half_product(diff), exact_change**2),
+        (diff.mean(-1) ** 2, exact_change**2 + exact_var / c),
+    ):
+        se = estimates.std(-1, ddof=1) / math.sqrt(reps)
+        z = (estimates.mean(-1) - target) / se
+        assert np.all(np.abs(z) < 4.5), z
+    # For pair (0, 1) the bias of the plain estimate is large next to its Monte-Carlo error,
+    # so the test tells the two estimators apart.
+    assert np.all(exact_var[0] / c > 3 * (diff[0].mean(-1) ** 2).std(-1) / math.sqrt(reps))
+
+
 def test_sampled_shapley_values_and_index_agree_with_enumeration():
     n = 8
     table = smooth_game_table(n, 1)
@@ -322,6 +380,27 @@ def test_output_options(tiny_model):
         itx.output_values(z, 1, "prob")
 
 
+def test_several_outputs_share_the_forward_passes(tiny_model):
+    logits_fn, x = tiny_model
+    kw = dict(grid=(3, 3), baseline="zero", chunk_size=16)
+    both = itx.image_game(logits_fn, x[0], 2, output=("log_prob", "log_odds"), **kw)
+    masks = jnp.asarray(itx.all_masks(9)[::7])
+    values = np.asarray(both(masks))
+    assert values.shape == (len(masks), 2)
+    for k, name in enumerate(("log_prob", "log_odds")):
+        one = itx.image_game(logits_fn, x[0], 2, output=name, **kw)
+        np.testing.assert_allclose(values[:, k], one(masks), rtol=1e-5, atol=1e-6)
+    pairs, orders = np.array([[0, 4], [1, 2]], np.int32), np.array([0, 3, 7])
+    key = jax.random.key(1)
+    deltas = itx.interaction_deltas(both, pairs, orders, key, num_contexts=3)
+    assert deltas.shape == (2, 2, 3, 3)
+    single = itx.interaction_deltas(
+        itx.image_game(logits_fn, x[0], 2, output="log_odds", **kw), pairs, orders, key,
+        num_contexts=3,
+    )  # fmt: skip
+    np.testing.assert_allclose(deltas[1], single, rtol=1e-4, atol=1e-5)
+
+
 def test_grid_partition_and_baselines():
     cells = itx.grid_cells((28, 28), (7, 7))
     assert np.all(np.bincount(cells.ravel()) == 16)
@@ -447,13 +526,21 @@ def test_notebook_known_answers_and_experiment(run_notebook):
         "sii_minus_mean_over_orders",
     ):
         assert abs(checks[key]) < 1e-10
+    noise = _printed(nb, "NOISE")
+    # The noise-corrected squared change agrees with enumeration; the plain one lies above.
+    assert np.all(np.abs(noise["z_unbiased"]) < 5)
+    assert np.all(np.asarray(noise["naive_minus_exact"]) > 0)
     result = _printed(nb, "NOTEBOOK_RESULT")
-    assert result["num_images"] >= 2
+    assert [k for k, _ in result["rows"]][:2] == [
+        "attack_high_order_standard",
+        "attack_high_order_robust",
+    ]
     lo, hi = result["band"]
-    for drop in result["drop_mean"].values():
-        assert lo < drop <= hi  # every kept adversarial example lies in the band
-    for residual in result["exact_residual"].values():
-        assert residual < 1e-10  # v(N) - v(empty) decomposition on the model's own game
+    for run in result["per_seed"].values():
+        assert run["num_images"] >= 2
+        for drop in run["drop_mean"].values():
+            assert lo < drop <= hi  # every kept adversarial example lies in the band
+        assert run["exact_residual"] < 1e-9  # v(N) - v(empty) decomposition on the model's game
     assert result["figures"] and all(os.path.getsize(p) > 0 for p in result["figures"])
 
 
@@ -485,7 +572,7 @@ def test_interaction_estimates_split_across_processes_equal_one_process(tiny_mod
     a = ml_collections.ConfigDict(
         {"grid": (3, 3), "ratios": [0.2, 0.8], "num_pairs": 2, "pairs": "neighbour",
          "num_contexts": 2, "label": "true", "exact_grid": (2, 2), "baseline": "mean",
-         "blur_sigma": 1.0, "output": "log_prob", "chunk_size": 64}
+         "blur_sigma": 1.0, "outputs": ("log_prob", "log_odds"), "chunk_size": 64}
     )  # fmt: skip
     cm = jnp.asarray(x.mean(axis=(0, 1, 2)))
     key = jax.random.key(5)
@@ -510,8 +597,10 @@ def test_interaction_estimates_split_across_processes_equal_one_process(tiny_mod
         run(1, 2, capture)
     assert sorted(other[0]) == [1, 3]
     split = run(0, 2, lambda obj: [obj, other[0]])
-    for cond in ("clean", "adv"):
-        for field in ("mean", "stderr", "mean_abs"):
-            np.testing.assert_array_equal(split["m"][cond][field], single["m"][cond][field])
-        np.testing.assert_array_equal(split["m"][f"ends_{cond}"], single["m"][f"ends_{cond}"])
-        assert len(split["m"][f"exact_{cond}"]) == len(x)
+    for output in ("log_prob", "log_odds"):
+        for cond in ("clean", "adv"):
+            got, want = split[output]["m"][cond], single[output]["m"][cond]
+            for field in ("deltas", "ends"):
+                np.testing.assert_array_equal(got[field], want[field])
+            assert len(got["exact"]) == len(x)
+            assert got["deltas"].shape == (len(x), 2, 2, 2)

@@ -2,20 +2,27 @@
 
 ``python launch/main.py --config configs/interactions.py --workdir DIR --mode analyze``
 trains (or restores) the two models named in ``config.analysis.models`` through
-`advjax.runs.train_or_load`, picks test images that both classify correctly and for which
-the equal-strength attack reaches the logit-drop band on both, and estimates I^(m)(i, j) on
-clean and adversarial images with shared pairs and contexts (common random numbers, so
-differences between x and x_adv and between models are paired). It writes
-``DIR/interactions.json`` and ``DIR/figures/*.png`` and checks the paper's two findings:
+`advjax.runs.train_or_load`, draws a pool of test images (``analysis.pool_size``, seeded by
+``config.seed``), reports both models' clean and PGD accuracy on it, picks images that both
+classify correctly and for which the equal-strength attack reaches the logit-drop band on
+both, and samples Delta v(i, j, S) on clean and adversarial images with shared pairs and
+contexts (common random numbers, so differences between x and x_adv and between models are
+paired), for every game output of ``analysis.outputs`` from the same forward passes. It
+writes ``DIR/interactions.json`` and ``DIR/figures/*.png`` with, per output and model:
 
-1. the attack changes high-order interactions more than low-order ones (mean
-   |I(x) - I(x_adv)| in the high band minus the low band, paired per image and pair; also
-   relative to the clean strength of each order);
-2. the adversarially trained model relies more on low-order interactions (larger low-order
-   strength, larger low-order strength relative to its mean over orders, a higher
-   low-order disentanglement ratio).
+1. the attack's change per order, E[(I(x) - I(x_adv))^2] estimated without the sampling
+   noise floor (`itx.squared_mean_unbiased` over the contexts; the plain squared mean and
+   its floor are reported next to it), and its high-band minus low-band difference;
+2. the interaction strength per order, E[I^2] (noise-corrected), its share in the low and
+   the high band, the sign consistency E[I^2] / E[dv^2] and the paper's disentanglement
+   ratio;
+3. the exact decomposition of v(N) - v(empty) on a coarse grid (``analysis.exact_grid``):
+   the attacking utility per order. The per-order term estimated from sampled pairs is
+   reported only for pairs drawn uniformly from all pairs (``analysis.pairs = 'random'``);
+   neighbouring pairs do not estimate it.
 
-The math lives in `advjax.analysis.interactions` and `advjax.attacks.equal_strength`.
+`advjax.findings.ren` turns the reports of several seeds into the paper's findings. The
+math lives in `advjax.analysis.interactions` and `advjax.attacks.equal_strength`.
 """
 
 from __future__ import annotations

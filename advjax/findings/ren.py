@@ -369,6 +369,15 @@ def reproduce(out_dir: str, *, seeds=(0, 1, 2), smoke: bool = False) -> dict:
                 "robust_accuracy": r["robust_accuracy"],
                 "attack": r["attack"],
                 "wall_seconds": r["wall_seconds"],
+                "exact_max_abs_residual": max(
+                    (
+                        m["exact_coarse"]["max_abs_residual"]
+                        for o in r["by_output"].values()
+                        for m in o["models"].values()
+                        if "exact_coarse" in m
+                    ),
+                    default=None,
+                ),  # fmt: skip
                 **{o: seed_values(r, o) for o in r["settings"]["outputs"]},
             }
             for s, r in reports.items()
