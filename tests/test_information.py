@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -351,8 +353,6 @@ def test_fisher_kl_objective_known_values():
 
 @pytest.mark.slow
 def test_notebook_runs_and_its_checks_hold(run_notebook):
-    import json
-
     nb = run_notebook("information.ipynb")
     last = nb.cells[-1]
     text = "".join(o.get("text", "") for o in last.outputs if o.output_type == "stream")
@@ -365,10 +365,10 @@ def test_notebook_runs_and_its_checks_hold(run_notebook):
     assert checks["decomposition_max_residual"] < 1e-5
 
 
-def test_findings_on_synthetic_curves():
-    from advjax.experiments.information import findings
+def test_component_readings_on_synthetic_curves():
+    from advjax.experiments.information import READINGS, component_readings
 
-    def curve(m, r, rp, fisher, robust):
+    def curve(m, r, rp, fisher, robust, sem=0.0):
         return {
             "M": m,
             "R": r,
@@ -376,26 +376,48 @@ def test_findings_on_synthetic_curves():
             "M_pair": m,
             "R_pair": rp,
             "N_pair": [a - b for a, b in zip(m, rp, strict=True)],
+            "R_pair_sem": [sem] * len(m),
+            "N_pair_sem": [2 * sem] * len(m),
             "fisher_frobenius": fisher,
             "robust_accuracy": robust,
         }
 
     curves = {
-        # M grows 0 -> 10, R only 0 -> 1: growth through N; Fisher rises.
-        "standard": curve([0, 5, 10], [0, 0.5, 1], [0, 0.2, 0.5], [0.01, 1, 2], [0, 0, 0]),
+        # M grows 0 -> 10, R only 0 -> 1: growth through N; Fisher rises 200x.
+        "standard": curve([0, 5, 10], [0, 0.5, 1], [0, 0.2, 0.5], [0.01, 1, 2], [0, 0, 0], 0.1),
         # M grows 0 -> 2, R 0 -> 1.5: growth through R; Fisher 20x lower.
         "pgd_at": curve([0, 1, 2], [0, 1, 1.5], [0, 0.8, 1.2], [0.01, 0.05, 0.1], [0, 0.3, 0.5]),
         "trades": curve([0, 1, 1], [0, 0.2, 0.3], [0, 0.1, 0.2], [0.01, 0.5, 1], [0, 0.1, 0.2]),
     }
-    out = findings(curves)
-    first = out["readings"]["worst_case_inputs"]
-    assert first["standard"]["M_grows_mostly_through_N"] is True
-    assert first["pgd_at"]["M_grows_mostly_through_R"] is True
-    assert first["trades"]["M_grows_mostly_through_R"] is False
-    assert first["pgd_at"]["R_share_higher_than_standard"] is True
-    assert first["pgd_at"]["final_R_share"] == pytest.approx(0.75)
-    assert out["readings"]["merging_adversary"]["pgd_at"]["final_R_share"] == pytest.approx(0.6)
-    assert out["fisher"]["standard_rises"] is True
-    assert out["fisher"]["pgd_at_ratio_standard_over_this"] == pytest.approx(20.0)
+    out = component_readings(curves)
+    # The pairwise (merging-adversary) reading comes first; both are labelled as proxies.
+    assert list(out["readings"]) == ["merging_adversary", "worst_case_inputs"] == list(READINGS)
+    assert all("proxy" in r["label"] for r in out["readings"].values())
+    assert "not the paper's metric" in out["note"]
+    pair = out["readings"]["merging_adversary"]["regimes"]
+    worst = out["readings"]["worst_case_inputs"]["regimes"]
+    assert worst["standard"]["delta_N"] == pytest.approx(9.0)
+    assert worst["standard"]["delta_R"] == pytest.approx(1.0)
+    assert worst["pgd_at"]["final_R_share"] == pytest.approx(0.75)
+    assert worst["trades"]["final_N_share"] == pytest.approx(0.7)
+    assert pair["pgd_at"]["final_R_share"] == pytest.approx(0.6)
+    assert pair["standard"]["final_N_share"] == pytest.approx(0.95)
+    # 95% normal intervals over the sampled pairs: centre +- 1.96 sem.
+    lo, hi = pair["standard"]["final_R_interval_over_pairs"]
+    assert (lo, hi) == pytest.approx((0.5 - 1.959964 * 0.1, 0.5 + 1.959964 * 0.1), rel=1e-6)
+    lo, hi = pair["standard"]["final_N_interval_over_pairs"]
+    assert (lo, hi) == pytest.approx((9.5 - 1.959964 * 0.2, 9.5 + 1.959964 * 0.2), rel=1e-6)
+    assert "final_R_interval_over_pairs" not in worst["standard"]
+
+    # Measured quantities only: no booleans anywhere in the readings.
+    def leaves(tree):
+        if isinstance(tree, dict):
+            return [v for x in tree.values() for v in leaves(x)]
+        return [tree]
+
+    assert not any(isinstance(v, bool) for v in leaves(out))
+    json.dumps(out)  # JSON-able
+    assert out["fisher"]["standard_final_over_initial"] == pytest.approx(200.0)
+    assert out["fisher"]["pgd_at_standard_over_this"] == pytest.approx(20.0)
     # Fisher order (pgd_at < trades < standard) is the reverse of robust accuracy order.
-    assert out["fisher"]["spearman_vs_robust_accuracy"] == pytest.approx(-1.0)
+    assert out["fisher"]["spearman_fisher_vs_robust_accuracy"] == pytest.approx(-1.0)

@@ -16,21 +16,21 @@ distribution:
   (`fisher_statistics`); `fisher_top_eigenpair` finds the top eigenpair matrix-free by
   power iteration with one JVP and one VJP per step. Second-order identity:
   KL(p_x || p_{x+delta}) = delta^T F(x) delta / 2 + O(||delta||^3).
-* **Decomposition (advjax's reading; the paper's exact formula is not available).** For a
-  threat model B_eps, every x is replaced by its KL-maximising neighbour
-  x* = argmax_{x + delta in B_eps(x) and the input box} KL(p_x || p_{x+delta}), found by
-  projected gradient ascent on that KL from a uniform random start (`kl_worst_case`). The
-  robust component is the same between-class KL on these worst-case inputs,
-  R_eps = E_{y != y'} KL(p_{x*} || p_{x'*}), the class separation that survives the
-  most damaging perturbation; the non-robust component is N_eps = M - R_eps, the
-  separation that a perturbation inside B_eps can destroy (`robust_decomposition`). N_eps is
-  not constrained to be non-negative: a KL-maximising perturbation can leave a prediction
-  confidently wrong, and confidently wrong predictions still differ between classes.
-* **Second reading, a merging adversary** (`pairwise_robust_decomposition`): for a
-  between-class pair, perturb both inputs inside B_eps to make the predictions agree;
-  R_pair = E_{y != y'} min_{delta, delta'} KL(p_{x+delta} || p_{x'+delta'}) and
-  N_pair = M - R_pair, with 0 <= R_pair <= M by construction. Here only separation that
-  survives every perturbation counts as robust.
+* **Robust / non-robust split: two advjax proxies.** The paper's formula for the split is
+  not available (only its abstract and code, which compute M and ||F||_F but no split), so
+  both readings below are advjax's own, not the paper's metric.
+  1. *Merging adversary* (`pairwise_robust_decomposition`, the primary reading): for a
+     between-class pair, perturb both inputs inside B_eps to make the predictions agree;
+     R_pair = E_{y != y'} min_{delta, delta'} KL(p_{x+delta} || p_{x'+delta'}) and
+     N_pair = M - R_pair, with 0 <= R_pair <= M by construction. Only separation that
+     survives every perturbation counts as robust.
+  2. *Worst-case inputs* (`robust_decomposition`): every x is replaced by its KL-maximising
+     neighbour x* = argmax_{x + delta in B_eps(x) and the input box} KL(p_x || p_{x+delta}),
+     found by projected gradient ascent on that KL from a uniform random start
+     (`kl_worst_case`). R_eps = E_{y != y'} KL(p_{x*} || p_{x'*}) is the between-class KL
+     on these inputs and N_eps = M - R_eps. N_eps is not constrained to be non-negative: a
+     KL-maximising perturbation can leave a prediction confidently wrong, and confidently
+     wrong predictions still differ between classes.
   Alongside: the local worst-case KL, E_x max_{delta in B_eps} KL(p_x || p_{x+delta}), and
   its second-order Fisher approximation eps^2 lambda_max(F(x)) / 2 (exact to second order
   for l_2 when the box constraint is inactive).
@@ -386,7 +386,8 @@ def robust_decomposition(
     bounds: tuple[float, float] = (0.0, 1.0),
     chunk_size: int = 256,
 ) -> dict[str, Any]:
-    """M = R_eps + N_eps with R_eps the between-class KL on KL-maximising inputs.
+    """advjax's second proxy split M = R_eps + N_eps, R_eps the between-class KL on
+    KL-maximising inputs (not the paper's formula, which is not available).
 
     See the module docstring for the definitions. Also returns the local worst-case KL
     E_x max_{delta in B_eps} KL(p_x || p_{x+delta}).
@@ -503,7 +504,8 @@ def pairwise_robust_decomposition(
     bounds: tuple[float, float] = (0.0, 1.0),
     chunk_size: int = 128,
 ) -> dict[str, jax.Array]:
-    """A second reading of M = R + N: the separation that survives a merging adversary.
+    """advjax's primary proxy split M = R_pair + N_pair: the separation that survives a
+    merging adversary (not the paper's formula, which is not available).
 
     For a between-class pair (x, x'), an adversary perturbs both inside B_eps to make the
     predictions agree, minimising KL(p(x + delta) || p(x' + delta')) by projected descent
@@ -528,7 +530,9 @@ def pairwise_robust_decomposition(
       chunk_size: pairs per chunk.
 
     Returns:
-      ``M_pair``, ``R_pair``, ``N_pair`` (scalars over the valid pairs).
+      ``M_pair``, ``R_pair``, ``N_pair`` (scalars over the valid pairs), the standard
+      errors over pairs ``R_pair_sem`` and ``N_pair_sem`` (the sampling error of the pair
+      sample, for intervals) and ``num_valid_pairs``.
     """
     x = jnp.asarray(x)
     i, j, valid = sample_between_class_pairs(y, key, num_pairs=num_pairs)
@@ -549,7 +553,19 @@ def pairwise_robust_decomposition(
     count = jnp.maximum(jnp.sum(valid), 1)
     m = jnp.sum(jnp.where(valid, clean, 0.0)) / count
     r = jnp.sum(jnp.where(valid, merged, 0.0)) / count
-    return {"M_pair": m, "R_pair": r, "N_pair": m - r}
+
+    def standard_error(values, mean):
+        var = jnp.sum(jnp.where(valid, (values - mean) ** 2, 0.0)) / jnp.maximum(count - 1, 1)
+        return jnp.sqrt(var / count)
+
+    return {
+        "M_pair": m,
+        "R_pair": r,
+        "N_pair": m - r,
+        "R_pair_sem": standard_error(merged, r),
+        "N_pair_sem": standard_error(clean - merged, m - r),
+        "num_valid_pairs": jnp.sum(valid),
+    }
 
 
 def fisher_local_kl(lambda_max: jax.Array, *, eps: float) -> jax.Array:

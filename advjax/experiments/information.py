@@ -7,20 +7,24 @@ optionally the Fisher/KL objective) through `advjax.runs.train_or_load`, under
 set of test examples:
 
 * clean accuracy and robust accuracy (PGD on the cross-entropy, ``analysis.attack``);
-* the metric M, its robust component R_eps and its non-robust component N_eps = M - R_eps,
-  and the local worst-case KL (`advjax.analysis.information.robust_decomposition`,
-  threat model ``analysis.threat``), and the merging-adversary reading R_pair + N_pair on
-  ``analysis.num_pairs`` between-class pairs (`pairwise_robust_decomposition`);
+* the metric M and advjax's two proxy splits of it into robust and non-robust parts (the
+  paper's own formula is not available): first the merging-adversary reading
+  M = R_pair + N_pair on ``analysis.num_pairs`` between-class pairs, with standard errors
+  over the pairs (`advjax.analysis.information.pairwise_robust_decomposition`), then the
+  worst-case-input reading M = R_eps + N_eps and the local worst-case KL
+  (`robust_decomposition`), both in the threat model ``analysis.threat``;
 * the input Fisher information: mean ||F(x)||_F, lambda_max(F(x)) and trace F(x);
 * I(Y; Z) between the label and a layer's representation on clean inputs, on the PGD
   inputs (which depend on y) and on the label-free KL-maximising inputs (InfoNCE with a
-  small critic), and the plug-in I(Y; Y_hat) on clean and PGD inputs.
+  small critic), and the plug-in I(Y; Y_hat) on clean and PGD inputs (skipped with
+  ``analysis.mutual_information=False``).
 
 The initial variables (epoch 0, shared by all regimes) are measured once. The values go
 to ``DIR/models/<regime>/metrics.jsonl``; ``run`` collects them into
 ``DIR/information.json`` with the final-model extras (the exact identity
 E KL = I(X; Y_hat) + dispersion, power iteration against the Gram eigenvalue, the l_2
-worst-case KL against eps^2 lambda_max / 2), checks the paper's qualitative findings and
+worst-case KL against eps^2 lambda_max / 2), the quantities behind the paper's qualitative
+claims under advjax's two proxy splits (`component_readings`; no verdicts) and
 draws ``DIR/figures/*.png``. The math lives in `advjax.analysis.information` and
 `advjax.analysis.mutual_information`.
 """
@@ -42,26 +46,31 @@ from advjax.attacks import ATTACKS
 from advjax.experiments import kit
 
 ADVERSARIAL = ("pgd_at", "trades", "fisher_kl", "mart", "fgsm_rs", "free_at")
+# The pairwise (merging-adversary) reading first: advjax's primary proxy split.
+PAIR_KEYS = ("M_pair", "R_pair", "N_pair", "R_pair_sem", "N_pair_sem")
+MI_KEYS = ("mi_yz_clean", "mi_yz_adv", "mi_yz_worst", "mi_y_yhat_clean", "mi_y_yhat_adv")
 CURVE_KEYS = (
     "clean_accuracy",
     "robust_accuracy",
     "M",
+    *PAIR_KEYS,
     "R",
     "N",
     "local_worst_kl",
-    "M_pair",
-    "R_pair",
-    "N_pair",
     "fisher_frobenius",
     "fisher_lambda_max",
     "fisher_trace",
-    "mi_yz_clean",
-    "mi_yz_adv",
-    "mi_yz_worst",
-    "mi_y_yhat_clean",
-    "mi_y_yhat_adv",
+    *MI_KEYS,
 )
 PREFIX = "info_"
+
+
+def curve_keys(analysis: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The quantities measured at every evaluation (I(Y; Z) only with
+    ``analysis.mutual_information``)."""
+    if analysis.get("mutual_information", True):
+        return CURVE_KEYS
+    return tuple(k for k in CURVE_KEYS if k not in MI_KEYS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,11 +142,17 @@ def regime_config(config: ml_collections.ConfigDict, name: str) -> ml_collection
 # ---------------------------------------------------------------------------------------
 
 
+# Compiled probe functions by (module, analysis settings, bounds): data, keys and variables
+# are arguments, so the probes of several seeds in one process share one compilation.
+_COMPILED: dict = {}
+
+
 class InformationProbe:
     """Computes the tracked quantities of a model on a fixed evaluation set.
 
     Every computation is a jitted function of the model variables, so evaluations at
-    later epochs and of other regimes with the same architecture reuse the compilation.
+    later epochs, of other regimes and of other seeds with the same architecture and
+    analysis settings reuse the compilation.
 
     Args:
       analysis: ``config.analysis``.
@@ -155,13 +170,13 @@ class InformationProbe:
         self.num_classes = num_classes
         self.bounds = tuple(float(b) for b in bounds)
         self.key = key
-        self._compiled: dict = {}
 
     # -- compiled pieces -------------------------------------------------------------------
 
     def _fns(self, module):
-        if module in self._compiled:
-            return self._compiled[module]
+        cache_key = (module, kit.config_hash(self.a.to_dict()), self.bounds)
+        if cache_key in _COMPILED:
+            return _COMPILED[cache_key]
         a, bounds = self.a, self.bounds
         chunk = int(a.chunk_size)
         attack_cfg = ml_collections.ConfigDict(dict(a.attack.to_dict(), name="pgd", loss="ce"))
@@ -237,7 +252,7 @@ class InformationProbe:
             representation=representation,
             layer=layer,
         )
-        self._compiled[module] = fns
+        _COMPILED[cache_key] = fns
         return fns
 
     def _init_variables(self, module):
@@ -279,6 +294,8 @@ class InformationProbe:
         out["fisher_frobenius"] = float(jnp.mean(stats["frobenius"]))
         out["fisher_lambda_max"] = float(jnp.mean(stats["lambda_max"]))
         out["fisher_trace"] = float(jnp.mean(stats["trace"]))
+        if not self.a.get("mutual_information", True):
+            return out
         c = self.num_classes
         out["mi_y_yhat_clean"] = float(mi.plugin_mi(y, pred, num_a=c, num_b=c))
         out["mi_y_yhat_adv"] = float(mi.plugin_mi(y, pred_adv, num_a=c, num_b=c))
@@ -308,12 +325,25 @@ class InformationProbe:
         """Identity and approximation checks on the final model (one compiled call)."""
         a = self.a
         eps2 = float(a.l2_eps)
+        key_power, key_l2 = jax.random.fold_in(self.key, 11), jax.random.fold_in(self.key, 12)
+        cache_key = ("checks", module, kit.config_hash(a.to_dict()), self.bounds)
+        if cache_key not in _COMPILED:
+            _COMPILED[cache_key] = self._compile_checks(module)
+        identity, approx = _COMPILED[cache_key](variables, self.x, key_power, key_l2)
+        identity = {k: float(v) for k, v in identity.items()}
+        identity["residual"] = identity["mean_pairwise_kl"] - (
+            identity["mutual_information"] + identity["log_dispersion"]
+        )
+        return {"kl_identity": identity, **{k: float(v) for k, v in approx.items()}, "l2_eps": eps2}
+
+    def _compile_checks(self, module):
+        a = self.a
+        eps2 = float(a.l2_eps)
         chunk = int(a.chunk_size)
         num_check = min(16, int(a.fisher_examples))
-        key_power, key_l2 = jax.random.fold_in(self.key, 11), jax.random.fold_in(self.key, 12)
 
         @jax.jit
-        def checks(variables, x):
+        def checks(variables, x, key_power, key_l2):
             fn = lambda v: module.apply(variables, v, train=False)  # noqa: E731
             identity = info.kl_identity(
                 info.batched_logits(fn, x, chunk_size=chunk), chunk_size=chunk
@@ -334,12 +364,7 @@ class InformationProbe:
                 "l2_fisher_approximation": jnp.mean(info.fisher_local_kl(lam_gram, eps=eps2)),
             }
 
-        identity, approx = checks(variables, self.x)
-        identity = {k: float(v) for k, v in identity.items()}
-        identity["residual"] = identity["mean_pairwise_kl"] - (
-            identity["mutual_information"] + identity["log_dispersion"]
-        )
-        return {"kl_identity": identity, **{k: float(v) for k, v in approx.items()}, "l2_eps": eps2}
+        return checks
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,65 +372,92 @@ class InformationProbe:
 # ---------------------------------------------------------------------------------------
 
 
-READINGS = {"worst_case_inputs": "", "merging_adversary": "_pair"}
+# advjax's two proxy splits of M (the paper's own formula is not available), the pairwise
+# merging-adversary reading first: key -> (suffix of the curve keys, label).
+READINGS = {
+    "merging_adversary": ("_pair", "advjax proxy 1: R_pair = between-class KL left after an "
+                          "adversary merges each pair's predictions inside B_eps"),
+    "worst_case_inputs": ("", "advjax proxy 2: R_eps = between-class KL on each input's "
+                          "KL-maximising neighbour in B_eps"),
+}  # fmt: skip
+Z95 = 1.959963984540054  # two-sided 95% normal quantile (intervals over sampled pairs)
 
 
-def findings(curves: dict[str, dict[str, list[float]]]) -> dict:
-    """The paper's qualitative claims, checked on the recorded curves (first vs last point).
+def component_readings(curves: dict[str, dict[str, list[float]]]) -> dict:
+    """The measured quantities behind the paper's qualitative claims, for one run.
 
-    For each reading of the decomposition (R, N on KL-maximising inputs; R_pair, N_pair
-    under a merging adversary):
-
-    1. standard training raises M mostly through the non-robust part (Delta N > Delta R);
-    2. adversarial regimes raise M mostly through the robust part (Delta R > Delta N) and
-       end with a larger robust share R / M than standard training.
-
-    And for the Fisher information: 3. it rises under standard training; 4. adversarial
-    regimes end with a lower mean ||F||_F (the ratio is reported; Shi et al. describe
-    1-2 orders of magnitude); 5. across regimes, robust accuracy falls as ||F||_F rises
-    (Spearman rank correlation, reported with three or more regimes).
+    For each of advjax's proxy splits (`READINGS`; neither is the paper's formula, which is
+    not available) and each regime: the change of M, R and N from the first to the last
+    evaluation and the final robust / non-robust shares R / M and N / M; for the pairwise
+    reading also 95% intervals of the final R_pair and N_pair over the sampled pairs. For
+    the input Fisher information: the final / initial ratio of mean ||F||_F under standard
+    training, the standard / regime ratio at the end, and across regimes the Spearman rank
+    correlation of final ||F||_F with robust accuracy (three or more regimes). No verdicts:
+    `advjax.findings.shi` compares these across seeds.
     """
-    out: dict = {"readings": {}}
+    out: dict = {
+        "note": "advjax's proxies for the robust / non-robust split; the paper's formula is "
+        "not available, so these are not the paper's metric",
+        "readings": {},
+    }
     std = curves.get("standard")
-    for reading, sfx in READINGS.items():
-        entry: dict = {}
+    for reading, (sfx, label) in READINGS.items():
+        regimes: dict = {}
         for name, cur in curves.items():
             if not cur.get("M" + sfx):
                 continue
-            d_r = cur["R" + sfx][-1] - cur["R" + sfx][0]
-            d_n = cur["N" + sfx][-1] - cur["N" + sfx][0]
+            m, r, n = cur["M" + sfx], cur["R" + sfx], cur["N" + sfx]
             row = {
-                "delta_M": cur["M" + sfx][-1] - cur["M" + sfx][0],
-                "delta_R": d_r,
-                "delta_N": d_n,
-                "final_R_share": cur["R" + sfx][-1] / max(cur["M" + sfx][-1], 1e-12),
+                "delta_M": m[-1] - m[0],
+                "delta_R": r[-1] - r[0],
+                "delta_N": n[-1] - n[0],
+                "final_M": m[-1],
+                "final_R": r[-1],
+                "final_N": n[-1],
+                "final_R_share": r[-1] / max(m[-1], 1e-12),
+                "final_N_share": n[-1] / max(m[-1], 1e-12),
             }
-            if name == "standard":
-                row["M_grows_mostly_through_N"] = bool(d_n > d_r)
-            else:
-                row["M_grows_mostly_through_R"] = bool(d_r > d_n)
-                if std and std.get("M" + sfx):
-                    std_share = std["R" + sfx][-1] / max(std["M" + sfx][-1], 1e-12)
-                    row["R_share_higher_than_standard"] = bool(row["final_R_share"] > std_share)
-            entry[name] = row
-        out["readings"][reading] = entry
+            for part in ("R", "N"):
+                sem = cur.get(f"{part}{sfx}_sem")
+                if sfx and sem:
+                    centre = row[f"final_{part}"]
+                    row[f"final_{part}_interval_over_pairs"] = [
+                        centre - Z95 * sem[-1],
+                        centre + Z95 * sem[-1],
+                    ]
+            regimes[name] = row
+        out["readings"][reading] = {"label": label, "regimes": regimes}
     fisher: dict = {}
     if std and std.get("fisher_frobenius"):
-        fisher["standard_rises"] = bool(std["fisher_frobenius"][-1] > std["fisher_frobenius"][0])
+        f = std["fisher_frobenius"]
+        fisher["standard_final_over_initial"] = f[-1] / max(f[0], 1e-30)
         for name, cur in curves.items():
             if name != "standard" and cur.get("fisher_frobenius"):
-                fisher[f"{name}_ratio_standard_over_this"] = std["fisher_frobenius"][-1] / max(
-                    cur["fisher_frobenius"][-1], 1e-12
+                fisher[f"{name}_standard_over_this"] = f[-1] / max(
+                    cur["fisher_frobenius"][-1], 1e-30
                 )
     finals = [
-        (c["fisher_frobenius"][-1], c["robust_accuracy"][-1]) for c in curves.values() if c.get("M")
+        (c["fisher_frobenius"][-1], c["robust_accuracy"][-1])
+        for c in curves.values()
+        if c.get("fisher_frobenius")
     ]
     if len(finals) >= 3:
-        f_rank = np.argsort(np.argsort([f for f, _ in finals]))
-        r_rank = np.argsort(np.argsort([r for _, r in finals]))
-        fisher["spearman_vs_robust_accuracy"] = float(np.corrcoef(f_rank, r_rank)[0, 1])
+        fisher["spearman_fisher_vs_robust_accuracy"] = spearman(
+            [f for f, _ in finals], [r for _, r in finals]
+        )
     out["fisher"] = fisher
     return out
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman rank correlation (average ranks for ties); None when either input is
+    constant (the correlation is undefined)."""
+    from scipy import stats
+
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    if np.std(ra) == 0 or np.std(rb) == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def draw_figures(curves: dict, workdir: str) -> list[str]:
@@ -414,10 +466,10 @@ def draw_figures(curves: dict, workdir: str) -> list[str]:
     paths = []
     specs = [
         ("M", "between-class KL M (nats)", False),
-        ("R", "robust component R_eps (nats)", False),
-        ("N", "non-robust component N_eps (nats)", False),
-        ("R_pair", "robust component R_pair, merging adversary (nats)", False),
-        ("N_pair", "non-robust component N_pair, merging adversary (nats)", False),
+        ("R_pair", "advjax proxy R_pair, merging adversary (nats)", False),
+        ("N_pair", "advjax proxy N_pair, merging adversary (nats)", False),
+        ("R", "advjax proxy R_eps, worst-case inputs (nats)", False),
+        ("N", "advjax proxy N_eps, worst-case inputs (nats)", False),
         ("fisher_frobenius", "mean ||F(x)||_F", True),
         ("fisher_lambda_max", "mean lambda_max(F(x))", True),
         ("clean_accuracy", "clean accuracy", False),
@@ -451,7 +503,40 @@ def draw_figures(curves: dict, workdir: str) -> list[str]:
                     logy=logy,
                 )
             )
-    # I(Y; Z): clean (solid), CE-PGD inputs (dashed), KL-maximising inputs (dotted).
+    has_mi = all(c.get("mi_yz_clean") for c in curves.values())
+    if has_mi:
+        paths.append(_mi_figure(curves, fig_dir))
+    # Summary: M and the two proxy splits per regime, plus Fisher and accuracy.
+    fig, axes = plots.plt.subplots(3, 3, figsize=(14, 10.5))
+    panels = [
+        ("M", "M (nats)"),
+        ("R_pair", "advjax proxy R_pair, merging adversary"),
+        ("N_pair", "advjax proxy N_pair, merging adversary"),
+        ("fisher_frobenius", "mean ||F(x)||_F"),
+        ("R", "advjax proxy R_eps, worst-case inputs"),
+        ("N", "advjax proxy N_eps, worst-case inputs"),
+        ("clean_accuracy", "clean accuracy"),
+        ("robust_accuracy", "robust accuracy"),
+        ("mi_yz_worst", "I(Y; Z) on KL worst-case inputs")
+        if has_mi
+        else ("local_worst_kl", "local worst-case KL (nats)"),
+    ]
+    for ax, (key, label) in zip(axes.ravel(), panels, strict=True):
+        for name, c in curves.items():
+            ax.plot(c["epoch"], c[key], marker="o", ms=3, label=name)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if key in ("fisher_frobenius", "local_worst_kl"):
+            ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(plots.save(fig, os.path.join(fig_dir, "summary.png")))
+    return [os.path.relpath(p, workdir) for p in paths]
+
+
+def _mi_figure(curves: dict, fig_dir: str) -> str:
+    """I(Y; Z): clean (solid), CE-PGD inputs (dashed), KL-maximising inputs (dotted)."""
     fig, ax = plots.plt.subplots(figsize=(5.5, 3.8))
     styles = (
         ("mi_yz_clean", "o", "-", "clean"),
@@ -473,32 +558,7 @@ def draw_figures(curves: dict, workdir: str) -> list[str]:
     ax.set_ylabel("I(Y; Z) lower bound (nats)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    paths.append(plots.save(fig, os.path.join(fig_dir, "mi_label_representation.png")))
-    # Summary: M split into R (solid) and N (dashed) per regime, plus Fisher and accuracy.
-    fig, axes = plots.plt.subplots(3, 3, figsize=(14, 10.5))
-    panels = [
-        ("M", "M (nats)"),
-        ("R", "R_eps, worst-case inputs"),
-        ("N", "N_eps, worst-case inputs"),
-        ("fisher_frobenius", "mean ||F(x)||_F"),
-        ("R_pair", "R_pair, merging adversary"),
-        ("N_pair", "N_pair, merging adversary"),
-        ("clean_accuracy", "clean accuracy"),
-        ("robust_accuracy", "robust accuracy"),
-        ("mi_yz_worst", "I(Y; Z) on KL worst-case inputs"),
-    ]
-    for ax, (key, label) in zip(axes.ravel(), panels, strict=True):
-        for name, c in curves.items():
-            ax.plot(c["epoch"], c[key], marker="o", ms=3, label=name)
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if key == "fisher_frobenius":
-            ax.set_yscale("log")
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(plots.save(fig, os.path.join(fig_dir, "summary.png")))
-    return [os.path.relpath(p, workdir) for p in paths]
+    return plots.save(fig, os.path.join(fig_dir, "mi_label_representation.png"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,11 +566,14 @@ def draw_figures(curves: dict, workdir: str) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 
-def curves_from_metrics(records: list[dict]) -> dict[str, list[float]]:
-    """Per-evaluation series from a run's metrics.jsonl (records holding the hook values)."""
+def curves_from_metrics(
+    records: list[dict], keys: tuple[str, ...] = CURVE_KEYS
+) -> dict[str, list[float]]:
+    """Per-evaluation series of ``keys`` from a run's metrics.jsonl (records holding the
+    hook values)."""
     rows = [r for r in records if PREFIX + "M" in r]
     out = {"epoch": [float(r["epoch"]) for r in rows], "step": [int(r["step"]) for r in rows]}
-    for key in CURVE_KEYS:
+    for key in keys:
         # Runs recorded before a quantity existed leave it NaN rather than failing.
         out[key] = [float(r.get(PREFIX + key, float("nan"))) for r in rows]
     return out
@@ -542,31 +605,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     module = models.build_model(config.model, dataset.info)
     init_key = jax.random.split(jax.random.key(config.seed), 3)[0]
     initial = probe.measure(module, models.init_variables(module, dataset.info, init_key))
+    keys = curve_keys(a)
     curves, finals, timings = {}, {}, {}
     for name in a.regimes.keys():
         t0 = time.time()
         cfg = regime_config(config, name)
         model_dir = os.path.join(workdir, "models", name)
         model = runs.train_or_load(cfg, model_dir, dataset=dataset, eval_hook=probe.hook)
-        curves[name] = curves_from_metrics(runs.read_metrics(model_dir))
+        curves[name] = curves_from_metrics(runs.read_metrics(model_dir), keys)
         if not curves[name]["M"]:
             # A run restored from a folder trained without the hook: measure the final model.
             values = probe.measure(model.module, model.variables)
             curves[name] = {"epoch": [float(cfg.train.num_epochs)], "step": [model.step]} | {
-                k: [values[k]] for k in CURVE_KEYS
+                k: [values[k]] for k in keys
             }
         curves[name]["epoch"].insert(0, 0.0)
         curves[name]["step"].insert(0, 0)
-        for k in CURVE_KEYS:
+        for k in keys:
             curves[name][k].insert(0, initial[k])
         finals[name] = {k: v[-1] for k, v in curves[name].items() if k not in ("epoch", "step")}
         finals[name]["checks"] = probe.final_checks(model.module, model.variables)
         timings[name] = time.time() - t0
     report = {
         "paper": "Shi et al., arXiv 1906.02494",
-        "decomposition": (
-            "R_eps = between-class KL on KL-maximising inputs in B_eps; N_eps = M - R_eps"
-        ),
+        "decomposition": {
+            reading: label for reading, (_, label) in READINGS.items()
+        },  # advjax's proxies, not the paper's formula (not available)
         "threat": a.threat.to_dict(),
         "attack": a.attack.to_dict(),
         "num_examples": n,
@@ -576,9 +640,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "regimes": {name: a.regimes[name].to_dict() for name in a.regimes.keys()},
         "curves": curves,
         "final": finals,
-        "findings": findings(curves),
+        "readings": component_readings(curves),
         "seconds": {"per_regime": timings, "total": time.time() - start},
         "seed": int(config.seed),
+        "config_hash": kit.config_hash(config.to_dict()),
     }
     report["figures"] = draw_figures(curves, workdir)
     kit.write_report(os.path.join(workdir, "information.json"), report)
