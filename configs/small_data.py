@@ -21,6 +21,11 @@ Arguments (comma-separated):
     eps 2: 83.9 / 92.6 / 94.0 / 96.3%. Adversarial training helps standard accuracy at
     every size of this range; the crossover below the standard model needs the larger
     sizes of the full sweep.
+  ``findings``: the sweep of ``python launch/reproduce.py tsipras`` (results/tsipras/):
+    sizes {100, 1k, 10k, 60k}, eps_train {0, 2}, seeds {0, 1, 2}, PGD-3 training,
+    max(300, 2 epochs) steps (300 up to n = 15k, 1,200 at 60k). The full training set
+    gets enough steps for the trade-off to show; below 15k every model gets the same 300
+    steps. Seed-level numbers and the crossover are in results/tsipras/results.json.
   ``smoke``: two sizes, two eps, a few steps (seconds).
 """
 
