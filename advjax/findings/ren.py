@@ -178,9 +178,14 @@ def verdict(primary: dict, secondary: dict | None, *, sign: int, what: str) -> t
             f"{what}: {side} for v = log p but not for v = log-odds "
             f"(mean {secondary['mean']:.3f}); the claim depends on the game's output"
         )
+    other = "" if secondary is None else f" (log-odds: mean {secondary['mean']:.3f})"
     if hi < 0 if sign > 0 else lo > 0:
-        return "does not hold", f"{what}: the 95% interval over seeds lies on the opposite side"
-    return "does not hold", f"{what}: the 95% interval over seeds includes 0 (not supported)"
+        return "does not hold", (
+            f"{what}: the 95% interval over seeds for v = log p lies on the opposite side{other}"
+        )
+    return "does not hold", (
+        f"{what}: the 95% interval over seeds for v = log p includes 0 (not supported){other}"
+    )
 
 
 def _acc(agg: dict, name: str) -> str:
@@ -231,16 +236,17 @@ def rows(agg: dict) -> list[dict]:
     for key, claim, sign, what, k in (
         ("high_share_robust_minus_standard",
          "Adversarially trained models encode weaker high-order interactions than standard ones",
-         -1, "robust - standard share of E[I^2] in the high band", "at_weaker_high_order"),
+         -1, "robust - standard relative E[I^2] in the high band", "at_weaker_high_order"),
         ("low_share_robust_minus_standard",
          "The robustness of adversarially trained models comes from (relatively stronger) "
-         "low-order interactions", +1, "robust - standard share of E[I^2] in the low band",
+         "low-order interactions", +1, "robust - standard relative E[I^2] in the low band",
          "at_stronger_low_order"),
     ):  # fmt: skip
         v, why = verdict(lp[key], lo[key] if lo else None, sign=sign, what=what)
         out.append(finding(
             claim,
-            f"{what} (share: band mean / mean over orders, noise-corrected): log p "
+            f"{what} (band mean of the noise-corrected E[I^2] over its mean over all "
+            f"orders): log p "
             f"{fmt_stats(lp[key], 3)}" + (f"; log-odds {fmt_stats(lo[key], 3)}" if lo else "")
             + acc,
             v, why, key=k,
