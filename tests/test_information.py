@@ -363,6 +363,9 @@ def test_notebook_runs_and_its_checks_hold(run_notebook):
     assert checks["ksg_max_abs_error"] < 0.05
     assert checks["kl_identity_max_residual"] < 1e-5
     assert checks["decomposition_max_residual"] < 1e-5
+    assert checks["pairwise_R_within_0_M"] is True
+    keys = checks["finding_keys"]
+    assert keys.index("standard_nonrobust_pair") < keys.index("standard_nonrobust_worst")
 
 
 def test_component_readings_on_synthetic_curves():
