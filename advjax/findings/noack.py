@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import numpy as np
 
@@ -336,6 +337,28 @@ def _table_markdown(table: dict, comp: dict, tms: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _log_call(workdir: str, seconds: float) -> list[dict]:
+    """Appends this call's wall time to ``workdir/calls.json``; returns every call's."""
+    import datetime
+    import json
+
+    path = os.path.join(workdir, "calls.json")
+    calls = []
+    if os.path.exists(path):
+        with open(path) as f:
+            calls = json.load(f)
+    calls.append(
+        {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "wall_seconds": round(seconds, 1),
+            "load_average": list(os.getloadavg()),
+        }
+    )
+    with open(path, "w") as f:
+        json.dump(calls, f, indent=1)
+    return calls
+
+
 def reproduce(out_dir: str, *, seeds, smoke: bool = False) -> dict:
     """Runs the IR comparison once per seed, aggregates and judges the paper's claims.
 
@@ -352,10 +375,12 @@ def reproduce(out_dir: str, *, seeds, smoke: bool = False) -> dict:
     from configs import interpretability as ir_config
 
     reports: dict[int, dict] = {}
+    seed_calls: dict[int, list] = {}
     for seed in progress_bar(list(seeds), desc="noack seeds", unit="seed"):
-        reports[int(seed)] = interpretability.run(
-            _config(seed, smoke), os.path.join(out_dir, "runs", f"seed_{seed}")
-        )
+        workdir = os.path.join(out_dir, "runs", f"seed_{seed}")
+        t0 = time.time()
+        reports[int(seed)] = interpretability.run(_config(seed, smoke), workdir)
+        seed_calls[int(seed)] = _log_call(workdir, time.time() - t0)
     table = _per_seed_table(reports)
     first = next(iter(reports.values()))
     tms = list(next(iter(first["rows"].values())).get("ensemble", {}).get("worst_case", {}))
@@ -404,7 +429,10 @@ def reproduce(out_dir: str, *, seeds, smoke: bool = False) -> dict:
             "images for a few epochs of Adam, SmoothGrad with fewer draws, and a shortened "
             "ensemble on the first test images",
         },
-        "per_seed_wall_seconds_this_call": {
-            s: r["wall_seconds_this_call"] for s, r in reports.items()
-        },
+        # A rerun reuses finished models and evaluations, so the provenance's wall time is
+        # that of the last call only; these are every call's wall time per seed.
+        "per_seed_calls": seed_calls,
+        "compute_wall_seconds_all_calls": round(
+            sum(c["wall_seconds"] for calls in seed_calls.values() for c in calls), 1
+        ),
     }
