@@ -39,6 +39,7 @@ from advjax import (  # noqa: E402
     registry,
     runs,
     training,
+    xla_cache,
 )
 from advjax.experiments import ANALYSES, AnalysisError  # noqa: E402
 
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(a in ("-h", "--help", "--helpfull") for a in rest):
             parse_args(rest)  # Prints the usage and exits.
         distributed.initialize(distributed.detect(**cluster))
+        xla_cache.enable()
         report = run(*prepare(rest))
     except EXPECTED_ERRORS as err:
         print(f"advjax: error: {configlib.one_line(err)}", file=sys.stderr)

@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from advjax import findings, runs  # noqa: E402
+from advjax import findings, runs, xla_cache  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds {args.seeds!r}: a comma-separated list of integers")
     if not seeds:
         ap.error("--seeds: at least one seed")
+    xla_cache.enable()
     out = args.out or os.path.join(REPO, "results", args.paper)
     command = "python launch/reproduce.py " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:])

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("ADVJAX_PROGRESS", "0")  # No progress bars in test logs.
+# The launcher's compiled-program cache (advjax.xla_cache) in a folder of the tests' own,
+# shared by the workers and the subprocess runs of a session, never the user's ~/.cache.
+os.environ.setdefault(
+    "ADVJAX_XLA_CACHE",
+    os.path.join(tempfile.gettempdir(), f"advjax-tests-xla-{os.getuid()}"),
+)
 
 import pytest  # noqa: E402
 
