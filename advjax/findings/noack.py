@@ -70,8 +70,10 @@ def _config(seed: int, smoke: bool):
 def _per_seed_table(reports: dict[int, dict]) -> dict:
     """{model: {"clean", "pgd": {attack}, "ensemble": {threat model}}: per-seed lists}."""
     first = next(iter(reports.values()))
+    names = [n for n in LABELS if n in first["rows"]]
+    names += [n for n in first["rows"] if n not in names]
     table: dict[str, dict] = {}
-    for name in first["rows"]:
+    for name in names:
         rows = [r["rows"][name] for r in reports.values()]
         table[name] = {
             "clean": [r["clean_accuracy"] for r in rows],
@@ -145,9 +147,13 @@ def _findings(table: dict, comp: dict, tms: list[str]) -> list[dict]:
     tm = TRAIN_TM if TRAIN_TM in tms else tms[0]
     gain_ir = _values(table, "ir_robust_teacher", tm) - _values(table, "standard", tm)
     gain_at = _values(table, "pgd_at_l2", tm) - _values(table, "standard", tm)
-    closed = seed_stats(gain_ir / np.where(gain_at != 0, gain_at, np.nan))
+    share = gain_ir / np.where(gain_at > 0, gain_at, np.nan)
+    # The share is undefined in a seed where AT gains nothing over standard training.
+    closed = seed_stats(share) if np.all(np.isfinite(share)) else None
     above_std = _sign(d("ir_minus_standard", tm)) == "above"
-    approaching = above_std and closed["mean"] >= 0.5
+    approaching = above_std and closed is not None and closed["mean"] >= 0.5
+    closed_txt = fmt_stats(closed, digits=2) if closed else "undefined (AT gains <= 0 in a seed)"
+    closed_mean = f"{closed['mean']:.2f}" if closed else "undefined"
     rows.append(
         finding(
             "IR towards SmoothGrad maps of an l_2-adversarially trained teacher gives "
@@ -156,11 +162,11 @@ def _findings(table: dict, comp: dict, tms: list[str]) -> list[dict]:
             f"{tm} ensemble+PGD robust accuracy: IR {_acc(acc['ir_robust_teacher'][tm])}, "
             f"PGD-AT {_acc(acc['pgd_at_l2'][tm])}, standard {_acc(acc['standard'][tm])}; "
             f"IR - AT {_pp(d('ir_minus_at', tm))}; share of AT's gain over standard "
-            f"reached by IR {fmt_stats(closed, digits=2)}",
+            f"reached by IR {closed_txt}",
             "holds" if approaching else "does not hold",
             "pre-stated rule: IR - standard interval above 0 and IR reaching at least half of "
             f"AT's gain on average; IR - standard is {_sign(d('ir_minus_standard', tm))} 0, "
-            f"mean share {closed['mean']:.2f}",
+            f"mean share {closed_mean}",
             key="ir_approaches_at",
             stats={
                 "threat_model": tm,
@@ -169,7 +175,7 @@ def _findings(table: dict, comp: dict, tms: list[str]) -> list[dict]:
                 "standard": acc["standard"][tm],
                 "ir_minus_at": d("ir_minus_at", tm),
                 "ir_minus_standard": d("ir_minus_standard", tm),
-                "share_of_at_gain": closed,
+                "share_of_at_gain": closed or {},
             },
         )
     )
@@ -253,7 +259,7 @@ def _findings(table: dict, comp: dict, tms: list[str]) -> list[dict]:
                 "Cross-norm: IR with targets from an l_2-trained teacher is also robust to "
                 "l_inf attacks, beyond standard training and the gradient-norm baselines "
                 "(SmoothGrad's gain being largest there)",
-                f"l_inf ({cross_txt}, mean of the two) IR - standard {_pp(st['vs_standard'])}, "
+                f"l_inf (mean over {cross_txt}) IR - standard {_pp(st['vs_standard'])}, "
                 f"IR - best baseline {_pp(st['vs_best_baseline'])}, SmoothGrad - gradient "
                 f"targets {_pp(st['vs_gradient_targets'])}; IR at "
                 + ", ".join(f"{t} {_acc(acc['ir_robust_teacher'][t])}" for t in cross),
@@ -302,7 +308,7 @@ def _figure(path: str, table: dict, comp: dict, tms: list[str]) -> str:
     ax1.set_xticks(x, tms)
     ax1.set_ylabel("robust accuracy (%), ensemble + PGD-40")
     ax1.set_title("Worst-case robust accuracy (mean, 95% CI over seeds)")
-    ax1.legend(fontsize=7, ncol=2)
+    ax1.legend(fontsize=7, ncol=2, loc="upper right")
     keys = [k for k, *_ in COMPARISONS]
     width = 0.8 / len(tms)
     y = np.arange(len(keys))
