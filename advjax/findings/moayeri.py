@@ -69,7 +69,10 @@ def _run_cached(config, workdir: str) -> dict:
             report = json.load(f)
         if report.get("config_hash") == kit.config_hash(config.to_dict()):
             return report
-    return exp.run(config, workdir)
+    exp.run(config, workdir)
+    # Read back, so that a fresh and a reused run give the same (JSON) key order.
+    with open(path) as f:
+        return json.load(f)
 
 
 def run_seeds(out_dir: str, *, seeds, smoke: bool) -> tuple[dict, dict]:
