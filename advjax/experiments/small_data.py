@@ -43,6 +43,7 @@ def cell_config(config, *, size: int, eps: float, seed: int) -> ml_collections.C
 
     The number of steps is ``max(analysis.min_steps, analysis.epochs * size / batch)`` so
     tiny training sets still get enough updates to fit; the batch is capped at ``size``.
+    PGD-AT cells ramp eps up over ``analysis.eps_ramp_fraction`` of training (default 0).
     """
     an = config.analysis
     cfg = copy.deepcopy(config)
@@ -60,6 +61,9 @@ def cell_config(config, *, size: int, eps: float, seed: int) -> ml_collections.C
         cfg.train.val_attack = ml_collections.ConfigDict({"name": "none"})
         cfg.checkpoint.every_steps = max(steps // 2, 1)
         if eps > 0:
+            # eps rises linearly over the first fraction of training (AT cells only, so the
+            # standard cells' configs do not depend on it).
+            cfg.train.eps_ramp_fraction = float(an.get("eps_ramp_fraction", 0.0))
             num_steps = int(an.attack_steps)
             cfg.train.objective = ml_collections.ConfigDict(
                 dict(
