@@ -73,7 +73,8 @@ def dual_direction(w: jax.Array, norm: str) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------
-# Squared loss under l_p perturbations (Moayeri et al. 2022, section 3 setting).
+# Squared loss under l_p perturbations (advjax's reconstruction of the Moayeri et al. 2022
+# regression setting).
 # ---------------------------------------------------------------------------------------
 
 

@@ -3,9 +3,10 @@
 * ``tsipras_toy``: Tsipras et al. 2019, "Robustness May Be at Odds with Accuracy",
   section 2.1. ``y`` uniform in {-1, +1}; ``x_1 = y`` with probability ``p`` else ``-y``;
   ``x_2 .. x_{d+1} ~ N(eta y, 1)``. Labels are stored as classes {0, 1} (class 1 = ``y = +1``).
-* ``moayeri_regression``: the Gaussian regression model with disjoint core and spurious
-  features analysed by Moayeri et al. 2022 (see `advjax.analysis.spurious.CoreSpuriousModel`);
-  float targets, ``num_classes = 1``.
+* ``moayeri_regression``: advjax's reconstruction of the Gaussian regression model with
+  disjoint core and spurious features that Moayeri et al. 2022 analyse (from the abstract
+  and the method description, not the paper's section 3 equations; see
+  `advjax.analysis.spurious.CoreSpuriousModel`); float targets, ``num_classes = 1``.
 * ``synthetic``: dispatches on ``data.kind`` to one of the above.
 
 Features are unbounded; ``DatasetInfo.bounds`` is a box wide enough never to bind, so
@@ -62,7 +63,8 @@ def sample_core_spurious(
     """Draws ``num`` examples of the core/spurious Gaussian regression model.
 
     ``y ~ N(0, 1)``, ``x_c = scale_core (y + noise_core n)``,
-    ``x_s = scale_spurious (spurious_sign y + noise_spurious n)`` (Moayeri et al. 2022).
+    ``x_s = scale_spurious (spurious_sign y + noise_spurious n)`` (advjax's reconstruction
+    of the setting of Moayeri et al. 2022).
 
     Returns:
       ``(x [num, d_core + d_spurious] float32 (core first), y [num] float32)``.
