@@ -377,13 +377,24 @@ def run(config, workdir: str) -> dict:
     # Evaluation and interpretability metrics.
     eval_key = jax.random.fold_in(jax.random.key(config.seed), 7)
     ensemble_cfg = _ensemble_eval_config(config)
+    # With `pgd_with_ensemble_only`, the PGD attacks that join an ensemble run only there
+    # (on the ensemble's images) instead of twice.
+    skipped = (
+        _ensemble_with(a) if ensemble_cfg is not None and a.get("pgd_with_ensemble_only") else []
+    )
+    pgd_cfg = config.eval
+    if skipped:
+        pgd_cfg = ml_collections.ConfigDict(config.eval.to_dict())
+        pgd_cfg.attacks = ml_collections.ConfigDict(
+            {k: v for k, v in config.eval.attacks.to_dict().items() if k not in skipped}
+        )
     rows: dict[str, dict] = {}
     evals: dict[str, dict] = {}
     for name, model in trained.items():
         t0 = time.time()
         mdir = subs[name][1]
         ev = _evaluate(
-            model, eval_x, eval_y, config.eval, os.path.join(mdir, f"{NAME}_eval.json"), eval_key
+            model, eval_x, eval_y, pgd_cfg, os.path.join(mdir, f"{NAME}_eval.json"), eval_key
         )
         evals[name] = ev
         grads = _gradients(model, metric_x, metric_y, a.batch_size)
@@ -391,6 +402,7 @@ def run(config, workdir: str) -> dict:
             "objective": a.models[name].name,
             "clean_accuracy": ev["clean_accuracy"],
             "robust": {k: v["robust_accuracy"] for k, v in ev["attacks"].items()},
+            "pgd_examples": {k: ev["num_examples"] for k in ev["attacks"]},
             "sanity_passed": ev.get("sanity_passed"),
             "interpretability": _interpretability_metrics(
                 grads, metric_x, test_targets, a.fg_threshold
@@ -409,14 +421,22 @@ def run(config, workdir: str) -> dict:
             }
             row["ensemble"]["num_examples"] = ens["num_examples"]
             row["ensemble"]["clean_accuracy"] = ens["clean_accuracy"]
+            for k in skipped:  # PGD attacks run only beside the ensembles
+                row["robust"][k] = ens["attacks"][k]["robust_accuracy"]
+                row["pgd_examples"][k] = ens["num_examples"]
+        row["robust"] = {k: row["robust"][k] for k in config.eval.attacks if k in row["robust"]}
         row["eval_seconds_this_call"] = round(time.time() - t0, 1)
         rows[name] = row
     order = list(a.get("order", None) or []) + [n for n in rows if n not in (a.get("order") or [])]
     rows = {n: rows[n] for n in order if n in rows}
-    attacks = {k: v for k, v in next(iter(evals.values()))["attacks"].items()}
+    attacks = next(iter(rows.values()))["robust"]
     attack_meta = {
-        k: {"norm": v["norm"], "eps": v["eps"], **_budget(config.eval.attacks[k])}
-        for k, v in attacks.items()
+        k: {
+            "norm": config.eval.attacks[k].norm,
+            "eps": float(config.eval.attacks[k].eps),
+            **_budget(config.eval.attacks[k]),
+        }
+        for k in attacks
     }
 
     # Figures.
