@@ -303,9 +303,13 @@ def small_data_rows(tables: dict, norm: str) -> tuple[list[dict], dict]:
         },
     )
 
-    helps = _above(diffs[0])
     above_sizes = [n for n, d in zip(sizes, diffs, strict=True) if _above(d)]
     below_sizes = [n for n, d in zip(sizes, diffs, strict=True) if _below(d)]
+    # AT helps at some small size (interval above 0), costs accuracy at larger ones
+    # (interval below 0), every helped size lies below every hurt one, and the mean curves
+    # cross in between.
+    helps = bool(above_sizes)
+    ordered = helps and bool(below_sizes) and max(above_sizes) < min(below_sizes)
     if cross["between"]:
         a, b = cross["between"]
         where = (
@@ -314,21 +318,29 @@ def small_data_rows(tables: dict, norm: str) -> tuple[list[dict], dict]:
         )
     else:
         where = f"no crossing for n in [{n_small:,}, {n_big:,}]"
-    holds = helps and cross["between"] is not None and _below(big)
+    holds = ordered and cross["between"] is not None
     if holds:
-        why = f"AT - standard interval above 0 at n = {n_small:,} and below 0 at n = {n_big:,}"
+        why = (
+            f"AT - standard interval above 0 at n in {above_sizes} and below 0 at n in "
+            f"{below_sizes}"
+        )
+        if n_small not in above_sizes:
+            why += (
+                f"; at the smallest size n = {n_small:,} the mean gain is "
+                f"{100 * diffs[0]['mean']:+.2f} pp but its interval includes 0"
+            )
     elif helps and cross["between"] is None:
         why = (
-            f"AT helps at n = {n_small:,} (interval above 0) but stays at or above the "
+            f"AT helps at n in {above_sizes} (interval above 0) but stays at or above the "
             f"standard model up to n = {n_big:,}: the crossover was not reached in this range"
         )
     elif helps:
         why = (
-            f"AT helps at n = {n_small:,} and the mean curves cross, but the interval at "
-            f"n = {n_big:,} still includes 0: the crossover is not significant"
+            f"AT helps at n in {above_sizes}, but no larger size has an interval below 0 "
+            f"(largest n = {n_big:,}: {_pp(big)}): the crossover is not significant"
         )
     else:
-        why = f"the AT - standard interval at n = {n_small:,} does not lie above 0"
+        why = "no size has an AT - standard interval above 0: AT never helps significantly"
     row_small = finding(
         "With few training examples adversarial training raises standard accuracy; as the "
         "training set grows the robust model falls below the standard one (the curves "
