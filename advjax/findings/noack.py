@@ -308,7 +308,7 @@ def _figure(path: str, table: dict, comp: dict, tms: list[str]) -> str:
     ax1.set_xticks(x, tms)
     ax1.set_ylabel("robust accuracy (%), ensemble + PGD-40")
     ax1.set_title("Worst-case robust accuracy (mean, 95% CI over seeds)")
-    ax1.legend(fontsize=7, ncol=2, loc="upper right")
+    ax1.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     keys = [k for k, *_ in COMPARISONS]
     width = 0.8 / len(tms)
     y = np.arange(len(keys))
