@@ -365,6 +365,18 @@ def _log_call(workdir: str, seconds: float) -> list[dict]:
     return calls
 
 
+def _span(seed_calls: dict[int, list]) -> float:
+    import datetime
+
+    ends = [
+        (datetime.datetime.fromisoformat(c["date"]), c["wall_seconds"])
+        for calls in seed_calls.values()
+        for c in calls
+    ]
+    start = min(e - datetime.timedelta(seconds=w) for e, w in ends)
+    return round((max(e for e, _ in ends) - start).total_seconds(), 1)
+
+
 def reproduce(out_dir: str, *, seeds, smoke: bool = False) -> dict:
     """Runs the IR comparison once per seed, aggregates and judges the paper's claims.
 
@@ -441,4 +453,6 @@ def reproduce(out_dir: str, *, seeds, smoke: bool = False) -> dict:
         "compute_wall_seconds_all_calls": round(
             sum(c["wall_seconds"] for calls in seed_calls.values() for c in calls), 1
         ),
+        # First start to last end over every call of every seed (seeds may run at once).
+        "seed_runs_span_seconds": _span(seed_calls),
     }
