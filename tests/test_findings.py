@@ -46,14 +46,22 @@ def test_every_paper_has_a_title_and_a_registered_module():
 def test_render_table_rows_and_escaping():
     report = {
         "seeds": [0, 1, 2],
-        "provenance": {"command": "cmd", "wall_seconds": 120, "machine": {"cpu_count": 2}},
+        "provenance": {
+            "command": "cmd",
+            "wall_seconds": 120,
+            "machine": {
+                "cpu_count": 2,
+                "load_average_start": [17.4, 1, 1],
+                "load_average_end": [3.2, 1, 1],
+            },
+        },
         "findings": [
             findings.finding("a | b", "0.5", "holds", "why", key="k1"),
             findings.finding("c", "0.1", "not tested here", "no data", key="k2"),
         ],
     }
     table = findings.render_table({"ren": report})
-    assert "`cmd` (3 seeds, 2 min on 2 cores; `results/ren/`)" in table
+    assert "`cmd` (3 seeds, 2 min on 2 cores at load average 3-17; `results/ren/`)" in table
     assert "| a \\| b | 0.5 | **holds** | why |" in table
     assert "| c | 0.1 | **not tested here** | no data |" in table
     assert findings.render_table({}) == ""

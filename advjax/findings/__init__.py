@@ -126,10 +126,15 @@ def render_table(reports: dict[str, dict]) -> str:
             continue
         report = reports[paper]
         prov = report.get("provenance", {})
+        machine = prov.get("machine", {})
+        load = ""
+        if machine.get("load_average_start") and machine.get("load_average_end"):
+            lo, hi = sorted((machine["load_average_start"][0], machine["load_average_end"][0]))
+            load = f" at load average {lo:.0f}-{hi:.0f}"
         lines.append(f"**{TITLES.get(paper, paper)}**: `{prov.get('command', '')}` "
                      f"({len(report.get('seeds', []))} seeds, "
                      f"{prov.get('wall_seconds', 0) / 60:.0f} min on "
-                     f"{prov.get('machine', {}).get('cpu_count', '?')} cores; "
+                     f"{machine.get('cpu_count', '?')} cores{load}; "
                      f"`results/{paper}/`)")  # fmt: skip
         lines.append("")
         lines.append("| claim | advjax measured | verdict | why |")
