@@ -87,3 +87,15 @@ class CompileCounter:
     @property
     def count(self) -> int:
         return len(self.names)
+
+
+def printed_json(nb, tag: str):
+    """The JSON a notebook printed on a line ``"<tag> <json>"`` (first such line)."""
+    import json
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            for line in out.get("text", "").splitlines():
+                if line.startswith(tag + " "):
+                    return json.loads(line[len(tag) + 1 :])
+    raise AssertionError(f"notebook printed no {tag} line")

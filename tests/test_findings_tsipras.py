@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -12,6 +11,7 @@ from scipy import stats
 
 from advjax import findings
 from advjax.findings import tsipras
+from tests.helpers import printed_json
 
 KEYS = [
     "toy_theorem1",
@@ -125,19 +125,10 @@ def test_smoke_reproduce_schema_and_known_answers(tmp_path):
     assert findings.render_table({"tsipras": {**report, "seeds": seeds}}).count("\n| ") >= 7
 
 
-def _printed(nb, tag):
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            for line in out.get("text", "").splitlines():
-                if line.startswith(tag + " "):
-                    return json.loads(line[len(tag) + 1 :])
-    raise AssertionError(f"notebook printed no {tag} line")
-
-
 @pytest.mark.slow
 def test_notebook_known_answers_and_results(run_notebook):
     nb = run_notebook("tradeoff.ipynb")
-    checks = _printed(nb, "CHECKS")
+    checks = printed_json(nb, "CHECKS")
     # Averaging classifier: Phi(3) standard, Phi(-3) robust at eps = 2 eta (closed form);
     # Monte-Carlo within 4 standard errors; Theorem 1 holds on every mixture.
     assert checks["averaging_standard"] == pytest.approx(stats.norm.cdf(3.0), abs=1e-6)
@@ -146,7 +137,7 @@ def test_notebook_known_answers_and_results(run_notebook):
     assert abs(checks["averaging_mc_standard"] - stats.norm.cdf(3.0)) <= 4 * max(se_std, 1e-3)
     assert abs(checks["averaging_mc_robust"] - stats.norm.cdf(-3.0)) <= 4 * max(se_rob, 1e-3)
     assert checks["max_robust_minus_bound"] <= 1e-6
-    result = _printed(nb, "NOTEBOOK_RESULT")
+    result = printed_json(nb, "NOTEBOOK_RESULT")
     assert result["keys"] == KEYS
     assert set(result["verdicts"].values()) <= set(findings.VERDICTS)
     assert result["difference_residual"] < 1e-9  # stored paired differences = the cells'

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 
@@ -16,6 +15,7 @@ import pytest
 
 from advjax.analysis import interactions as itx
 from advjax.attacks import equal_strength
+from tests.helpers import printed_json
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic games
@@ -504,19 +504,10 @@ def test_equal_strength_pgd_on_a_model_respects_band_and_ball(tiny_model):
 # ---------------------------------------------------------------------------------------------
 
 
-def _printed(nb, tag):
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            for line in out.get("text", "").splitlines():
-                if line.startswith(tag + " "):
-                    return json.loads(line[len(tag) + 1 :])
-    raise AssertionError(f"notebook printed no {tag} line")
-
-
 @pytest.mark.slow
 def test_notebook_known_answers_and_experiment(run_notebook):
     nb = run_notebook("interactions.ipynb")
-    checks = _printed(nb, "CHECKS")
+    checks = printed_json(nb, "CHECKS")
     # n = 8, k = 5: I^(3) = +1, I^(4) = -1, 0 elsewhere; the coupled pair has b = 0.75.
     np.testing.assert_allclose(checks["threshold_curve"], [0, 0, 0, 1, -1, 0, 0], atol=1e-12)
     np.testing.assert_allclose(checks["pairwise_coupled"], 0.75, atol=1e-6)
@@ -526,11 +517,11 @@ def test_notebook_known_answers_and_experiment(run_notebook):
         "sii_minus_mean_over_orders",
     ):
         assert abs(checks[key]) < 1e-10
-    noise = _printed(nb, "NOISE")
+    noise = printed_json(nb, "NOISE")
     # The noise-corrected squared change agrees with enumeration; the plain one lies above.
     assert np.all(np.abs(noise["z_unbiased"]) < 5)
     assert np.all(np.asarray(noise["naive_minus_exact"]) > 0)
-    result = _printed(nb, "NOTEBOOK_RESULT")
+    result = printed_json(nb, "NOTEBOOK_RESULT")
     assert [k for k, _ in result["rows"]][:2] == [
         "attack_high_order_standard",
         "attack_high_order_robust",

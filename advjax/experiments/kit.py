@@ -58,3 +58,13 @@ def load_sub_config(spec: str, overrides: Any = None) -> ml_collections.ConfigDi
         values = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
         apply_overrides(config, values, prefix=spec)
     return config
+
+
+def reuse_report(path: str, config: ml_collections.ConfigDict) -> dict | None:
+    """The JSON report at ``path`` when it exists and its ``"config_hash"`` is that of
+    ``config`` (a finished run of the same config, reused by reruns), else None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        report = json.load(f)
+    return report if report.get("config_hash") == config_hash(config.to_dict()) else None

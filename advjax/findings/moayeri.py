@@ -64,11 +64,9 @@ def _run_cached(config, workdir: str) -> dict:
     from advjax.experiments import spurious as exp
 
     path = os.path.join(workdir, "spurious.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            report = json.load(f)
-        if report.get("config_hash") == kit.config_hash(config.to_dict()):
-            return report
+    report = kit.reuse_report(path, config)
+    if report is not None:
+        return report
     exp.run(config, workdir)
     # Read back, so that a fresh and a reused run give the same (JSON) key order.
     with open(path) as f:

@@ -21,7 +21,6 @@ not tested here.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -74,13 +73,8 @@ def run_seed(out_dir: str, seed: int, *, smoke: bool) -> dict:
 
     config = seed_config(seed, smoke=smoke)
     workdir = os.path.join(out_dir, "runs", f"seed_{seed}")
-    path = os.path.join(workdir, "information.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            report = json.load(f)
-        if report.get("config_hash") == kit.config_hash(config.to_dict()):
-            return report
-    return information.run(config, workdir)
+    report = kit.reuse_report(os.path.join(workdir, "information.json"), config)
+    return report if report is not None else information.run(config, workdir)
 
 
 # ---------------------------------------------------------------------------------------
