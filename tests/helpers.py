@@ -99,3 +99,16 @@ def printed_json(nb, tag: str):
                 if line.startswith(tag + " "):
                     return json.loads(line[len(tag) + 1 :])
     raise AssertionError(f"notebook printed no {tag} line")
+
+
+def load_launch_module(name: str):
+    """The script ``launch/<name>.py`` imported as a module (launch/ is not a package)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch",
+                        f"{name}.py")  # fmt: skip
+    spec = importlib.util.spec_from_file_location(f"advjax_launch_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

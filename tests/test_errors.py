@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from advjax import configlib
+from tests.helpers import load_launch_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "configs/mnist_standard.py:smoke"
@@ -34,12 +35,7 @@ TINY = [
 
 
 def _launcher():
-    spec = importlib.util.spec_from_file_location(
-        "advjax_launcher", os.path.join(REPO, "launch", "main.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_launch_module("main")
 
 
 LAUNCHER = _launcher()
@@ -362,7 +358,6 @@ def test_list_valued_keys_can_be_overridden():
 
 
 def test_one_eps_per_threat_model_feeds_training_validation_and_evaluation():
-    import importlib.util
 
     spec = importlib.util.spec_from_file_location("mnist_fast_cfg", "configs/mnist_fast.py")
     module = importlib.util.module_from_spec(spec)

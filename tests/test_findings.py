@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 
 import pytest
 
 from advjax import findings
+from tests.helpers import load_launch_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _reproduce_module():
-    spec = importlib.util.spec_from_file_location(
-        "reproduce", os.path.join(REPO, "launch", "reproduce.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_launch_module("reproduce")
 
 
 def test_seed_stats_student_t_interval():

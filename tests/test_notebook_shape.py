@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import nbformat
 import pytest
 
+from tests.helpers import load_launch_module
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location(
-    "notebooks_tool", os.path.join(REPO, "launch", "notebooks.py")
-)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = load_launch_module("notebooks")
 
 
 @pytest.mark.parametrize("path", tool.notebook_paths(), ids=os.path.basename)
