@@ -34,6 +34,7 @@ import numpy as np
 
 from advjax import checkpoints, distributed, geometry, losses
 from advjax.attacks import ATTACKS, Attack, build_attack, name_id
+from advjax.compile import jit
 from advjax.models import Model, as_model
 from advjax.progress import progress_bar
 
@@ -278,7 +279,7 @@ def _outcome(attack: Attack, model: Model, x, y, keys, model_key, bounds, eps=No
 # Module-level jitted functions with the attack static and the model as data: the cache
 # key is (attack config, architecture, shapes), so evaluating another model of the same
 # architecture, or calling `evaluate` again, compiles nothing new.
-@functools.partial(jax.jit, static_argnames=("attack", "bounds"))
+@functools.partial(jit, static_argnames=("attack", "bounds"))
 def attack_outcome(attack: Attack, model: Model, x, y, keys, model_key, *, bounds, eps=None):
     """``(correct_adv, pert_norm, in_box)`` per example of one attack on one batch.
 
@@ -287,7 +288,7 @@ def attack_outcome(attack: Attack, model: Model, x, y, keys, model_key, *, bound
     return _outcome(attack, model, x, y, keys, model_key, bounds, eps)
 
 
-@functools.partial(jax.jit, static_argnames=("attack", "bounds"))
+@functools.partial(jit, static_argnames=("attack", "bounds"))
 def attack_outcome_stack(attack: Attack, models: Model, x, y, keys, model_key, *, bounds):
     """`attack_outcome` for a stack of models (leading model axis of the variables)."""
 
@@ -299,13 +300,13 @@ def attack_outcome_stack(attack: Attack, models: Model, x, y, keys, model_key, *
     return jax.vmap(one)(models.variables)
 
 
-@jax.jit
+@jit
 def clean_correct_batch(model: Model, x, y, model_key):
     """Per-example clean correctness of one batch."""
     return jnp.argmax(_bound(model, model_key)(x), axis=1) == y
 
 
-@jax.jit
+@jit
 def clean_correct_stack(models: Model, x, y, model_key):
     """`clean_correct_batch` for a stack of models."""
     return jax.vmap(
@@ -313,7 +314,7 @@ def clean_correct_stack(models: Model, x, y, model_key):
     )(models.variables)
 
 
-@functools.partial(jax.jit, static_argnames=("attack", "bounds", "chunk_size"))
+@functools.partial(jit, static_argnames=("attack", "bounds", "chunk_size"))
 def sweep_outcome(attack: Attack, model: Model, x, y, keys, model_key, eps_grid, *, bounds,
                   chunk_size):  # fmt: skip
     """Correctness ``(num_eps, batch)`` of one attack over an eps grid (a vmap over eps)."""
@@ -746,7 +747,7 @@ def _sanity_checks(
     idx = np.arange(ns)
     checks: dict[str, dict] = {}
     fixed_key = jax.random.fold_in(key, 0xF1)
-    logits_jit = jax.jit(lambda xb, mk: _bound(model, mk)(xb))
+    logits_jit = jit(lambda xb, mk: _bound(model, mk)(xb))
     logits = np.asarray(logits_jit(xs[:bs], fixed_key))
     clean_small = np.asarray(
         small.run(lambda xb, yb, mk: clean_correct_batch(model, xb, yb, mk), idx)[0], bool
@@ -802,7 +803,7 @@ def _sanity_checks(
         )
 
     # 3. Fraction of examples whose input gradient is exactly zero.
-    @jax.jit
+    @jit
     def grad_norm(xb, yb, mk):
         f = _bound(model, mk)
         g = jax.grad(lambda v: jnp.sum(losses.cross_entropy(f(v), yb)))(xb)
@@ -914,7 +915,7 @@ def _sanity_checks(
         xb, yb = xs[:bs], ys[:bs]
         k1 = _example_keys(key, 1, bs)
         k2 = _example_keys(key, 2, bs)
-        run = jax.jit(lambda xx, yy, kk, mk: a(_bound(model, mk), xx, yy, kk, bounds=bounds))
+        run = jit(lambda xx, yy, kk, mk: a(_bound(model, mk), xx, yy, kk, bounds=bounds))
         mk1 = jax.random.fold_in(key, 0xA1)
         mk2 = jax.random.fold_in(key, 0xA2) if model.takes_key else mk1
         a1, a1b, a2 = (

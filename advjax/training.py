@@ -37,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from advjax import checkpoints, configlib, data, distributed, models, optim
+from advjax.compile import jit
 from advjax.objectives import Forward, Objective, build_objective
 from advjax.progress import progress_bar
 
@@ -329,7 +330,7 @@ def validation_split(s: Setup) -> tuple[np.ndarray, np.ndarray, str]:
     return s.dataset.test_x[:n], s.dataset.test_y[:n], "test_subset"
 
 
-@functools.partial(jax.jit, static_argnames=("attack", "bounds", "classification"))
+@functools.partial(jit, static_argnames=("attack", "bounds", "classification"))
 def _validation_stats(attack, model: models.Model, x, y, key, *, bounds, classification):
     """Summed clean (and robust) correctness of one validation batch.
 
@@ -504,7 +505,7 @@ def train(
     share = config.train.batch_size // distributed.process_count()
     if (rows.start, rows.stop) != (distributed.process_index() * share, rows.start + share):
         raise RuntimeError(f"the mesh gives this process rows {rows}, its batch share differs")
-    step_fn = jax.jit(
+    step_fn = jit(
         make_train_step(
             s.module,
             s.objective,
@@ -683,7 +684,7 @@ def _tensorboard_writer(config, workdir: str, start_step: int):
 
 
 # One compiled program for every parameter tree of a shape (not one per leaf, eagerly).
-_tree_norm = jax.jit(optax.tree.norm)
+_tree_norm = jit(optax.tree.norm)
 
 
 class DivergenceGuard:
@@ -719,7 +720,7 @@ class DivergenceGuard:
         if len(x_probe) == 0:
             x_probe = s.dataset.train_x
         self.probe = np.asarray(x_probe[: self.PROBE_EXAMPLES])
-        self._logits = jax.jit(lambda variables, x: s.module.apply(variables, x, train=False))
+        self._logits = jit(lambda variables, x: s.module.apply(variables, x, train=False))
 
     def _stop(self, what: str) -> None:
         where = (

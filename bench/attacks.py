@@ -7,8 +7,9 @@ ensemble's later stages have work to do; cached under ``~/.cache/advjax-bench``)
 weight for weight into PyTorch (the logits are asserted to agree), and attacked on the
 first MNIST test images, l_inf eps 0.3:
 
-* PGD-40, step 0.01, random start: ``advjax.attacks.pgd.pgd`` under ``jax.jit`` with its
-  default loop, torchattacks' ``PGD``, and a plain PyTorch loop;
+* PGD-40, step 0.01, random start: ``advjax.attacks.pgd.pgd`` with its default loop,
+  compiled by ``advjax.compile.jit`` like every advjax program (with advjax's compile
+  options); torchattacks' ``PGD``; and a plain PyTorch loop;
 * the AutoAttack-style ensemble stage by stage, each stage on the points still robust
   after the previous ones (each side on its own robust set): APGD-CE (100 steps), APGD-T
   (9 targets x 100 steps), Square (5000 queries); torchattacks' ``APGD``, ``APGDT`` and
@@ -48,6 +49,7 @@ from advjax import losses, models  # noqa: E402
 from advjax.attacks.apgd import apgd, apgd_targeted  # noqa: E402
 from advjax.attacks.pgd import pgd  # noqa: E402
 from advjax.attacks.square import square  # noqa: E402
+from advjax.compile import jit, options_status  # noqa: E402
 from advjax.data import DatasetInfo, load_dataset  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -85,7 +87,7 @@ def adversarially_trained(name: str, data, *, steps: int, batch: int = 128, seed
         return module, jax.tree.unflatten(treedef, [stored[f"a{i}"] for i in range(len(leaves))]), 0
     opt = optax.adam(1e-3)
 
-    @jax.jit
+    @jit
     def step(v, state, xb, yb, key, eps):
         def loss(p, xa):
             return losses.cross_entropy(module.apply(p, xa), yb).mean()
@@ -277,7 +279,7 @@ class AdvjaxStage:
     def __init__(self, module, variables, attack, device):
         self.variables = jax.device_put(variables, device)
         self.device = device
-        self.fn = jax.jit(lambda v, x, y, k: attack(lambda a: module.apply(v, a), x, y, k))
+        self.fn = jit(lambda v, x, y, k: attack(lambda a: module.apply(v, a), x, y, k))
         self.compiled, self.compile_s, self.temp_mb = {}, 0.0, 0.0
 
     def compile(self, x, y, key):
@@ -365,6 +367,7 @@ def main(argv=None):
             "torchattacks": torchattacks.__version__,
             "torch_threads": torch.get_num_threads(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "advjax_compile_options": options_status(),
             "layers": args.layers,
             "load_average_start": list(os.getloadavg()),
         },
@@ -410,9 +413,9 @@ def bench_model(name, data, args, jdev, tdev, train_steps, ens_n):
     x_j, y_j = jax.device_put(jnp.asarray(x_np), jdev), jax.device_put(jnp.asarray(y_np), jdev)
     x_t = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2))).to(tdev)
     y_t = torch.from_numpy(y_np.astype(np.int64)).to(tdev)
-    logits_j = jax.jit(module.apply)
+    logits_j = jit(module.apply)
     with full_precision(), torch.no_grad():
-        full = jax.jit(module.apply)(variables, x_j)
+        full = jit(module.apply)(variables, x_j)
         gap = float(np.abs(net(x_t).cpu().numpy() - np.asarray(full)).max())
     assert gap < 1e-3, f"{name}: flax and torch logits differ by {gap}"
     correct = np.argmax(np.asarray(logits_j(variables, x_j)), 1) == y_np

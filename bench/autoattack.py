@@ -41,6 +41,7 @@ from attacks import EPS, RESULTS, adversarially_trained, torch_model  # noqa: E4
 
 from advjax import models  # noqa: E402
 from advjax.attacks import build_attack, fold_in_each, name_id  # noqa: E402
+from advjax.compile import jit  # noqa: E402
 from advjax.data import load_dataset  # noqa: E402
 
 REFERENCE_ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -50,13 +51,13 @@ def run_advjax(module, variables, x, y, seed: int):
     """Robust flags after each component of advjax's standard version, and times."""
     attack = build_attack({"name": "ensemble", "eps": EPS, "norm": "linf", "version": "standard"})
     model = models.eval_model(module, variables)
-    logits = jax.jit(module.apply)
+    logits = jit(module.apply)
     robust = np.argmax(np.asarray(logits(variables, x)), 1) == y
     keys = jax.random.split(jax.random.key(seed), x.shape[0])
     after, times, compile_times = {}, {}, {}
     for comp in attack.components:
         idx = np.flatnonzero(robust)
-        fn = jax.jit(lambda m, xb, yb, kb, c=comp: c(m, xb, yb, kb, bounds=(0.0, 1.0)))
+        fn = jit(lambda m, xb, yb, kb, c=comp: c(m, xb, yb, kb, bounds=(0.0, 1.0)))
         args = (model, jnp.asarray(x[idx]), jnp.asarray(y[idx]))
         comp_keys = fold_in_each(keys[idx], name_id(comp.name))
         t0 = time.perf_counter()

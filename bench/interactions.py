@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from advjax import data, models  # noqa: E402
 from advjax.analysis import interactions as itx  # noqa: E402
+from advjax.compile import jit  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "interactions.json")
 
@@ -52,7 +53,7 @@ def build_model(seed: int = 0):
     info = data.DatasetInfo("mnist", (28, 28, 1), 10)
     module = models.build_model(ml_collections.ConfigDict({"name": "small_cnn"}), info)
     variables = module.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)))
-    return jax.jit(lambda x: module.apply(variables, x, train=False))
+    return jit(lambda x: module.apply(variables, x, train=False))
 
 
 def sample_image(seed: int = 0) -> np.ndarray:
@@ -89,7 +90,7 @@ def reference_loop(logits_fn, x, label, pairs, orders, key_seed, *, num_contexts
 
 
 def make_estimator(logits_fn, label, grid, pairs, orders, *, num_contexts, chunk):
-    @jax.jit
+    @jit
     def estimator(img, key):
         game = itx.image_game(logits_fn, img, label, grid=grid, chunk_size=chunk)
         return itx.interaction_deltas(game, pairs, orders, key, num_contexts=num_contexts)
@@ -141,7 +142,7 @@ def main(argv=None) -> dict:
         t_est = best_time(lambda est=estimator: est(img, jax.random.key(1)), repeats)
         num_calls = -(-evals // chunk)
         batches = jnp.broadcast_to(img, (num_calls, chunk, *img.shape)) + 0.0
-        raw = jax.jit(lambda b: jax.lax.map(logits_fn, b))
+        raw = jit(lambda b: jax.lax.map(logits_fn, b))
         t_raw = best_time(lambda raw=raw, b=batches: raw(b), repeats)
         est_rate, raw_rate = evals / t_est, num_calls * chunk / t_raw
         report["batched_vs_raw_forward"][f"chunk_{chunk}"] = {

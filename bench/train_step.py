@@ -43,6 +43,7 @@ from attacks import (  # noqa: E402
 )
 
 from advjax import losses, models  # noqa: E402
+from advjax.compile import jit, options_status  # noqa: E402
 from advjax.data import load_dataset  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def flax_step(module, opt):
         updates, state = opt.update(grads, state, variables)
         return optax.apply_updates(variables, updates), state, value
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jit(step, donate_argnums=(0, 1))
 
 
 def main(argv=None):
@@ -114,6 +115,7 @@ def main(argv=None):
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "advjax_compile_options": options_status(),
             "layers": args.layers,
             "load_average_start": list(os.getloadavg()),
         },
@@ -151,7 +153,7 @@ def main(argv=None):
         # Same weights: the first batch's loss at float32 precision on both sides (on a GPU
         # the timed steps run at each framework's default, TF32 convolutions).
         with full_precision(), torch.no_grad():
-            loss_full = jax.jit(
+            loss_full = jit(
                 lambda v, x, y, m=module: losses.cross_entropy(m.apply(v, x), y).mean()
             )(variables, xs_j[0], ys_j[0])
             full_gap = abs(float(loss_full) - float(F.cross_entropy(net(xs_t[0]), ys_t[0])))

@@ -55,9 +55,10 @@ def assert_close(a, b):
     assert float(np.abs(a - b).max()) <= 1e-5 * scale
 
 
+@pytest.mark.parametrize("cin", [1, 8])
 @pytest.mark.parametrize("k,stride,padding,size", CASES)
-def test_conv2d_values_and_first_derivatives_match_lax(k, stride, padding, size):
-    x, w = inputs(k, size)
+def test_conv2d_values_and_first_derivatives_match_lax(k, stride, padding, size, cin):
+    x, w = inputs(k, size, cin=cin)
 
     def loss(conv):
         # A non-uniform weighting of the output so every cotangent entry differs.
@@ -108,15 +109,21 @@ def test_conv2d_forward_mode_and_linear_transpose_match_lax(k, stride, padding, 
     assert_close(back, ref_vjp(ct)[0])
 
 
-def test_conv2d_input_gradient_is_one_plain_convolution():
+@pytest.mark.parametrize("cin", [1, 16])
+def test_conv2d_input_gradient_is_one_plain_convolution(cin):
     # The reason for the layer: lax's own rule convolves with a reversed kernel under
     # swapped (HWOI) labels, which XLA:CPU rewrites onto its fast path outside loops but
-    # not inside them; here both convolutions carry the forward's NHWC/HWIO labels.
-    x, w = inputs(4, 28)
+    # not inside them, and for a strided convolution it dilates the cotangent with zeros
+    # (s*s times the work). Here both convolutions carry the forward's NHWC/HWIO labels
+    # and the input gradient is an undilated stride-1 convolution (sub-pixel form).
+    x, w = inputs(4, 28, cin=cin)
     jaxpr = jax.make_jaxpr(jax.grad(lambda v: jnp.sum(fast_conv(v, w, 2, 1) ** 2)))(x)
     convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
     assert len(convs) == 2  # forward and input gradient
-    assert convs[1].params["lhs_dilation"] == (2, 2)
+    grad = convs[1].params
+    assert grad["lhs_dilation"] == (1, 1) and grad["window_strides"] == (1, 1)
+    # Few input channels: the forward runs on 2x2 space-to-depth blocks at stride 1.
+    assert convs[0].params["window_strides"] == ((1, 1) if cin < 4 else (2, 2))
     for eqn in convs:
         assert eqn.params["dimension_numbers"] == lax.conv_dimension_numbers(
             eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, DN

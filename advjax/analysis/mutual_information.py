@@ -38,6 +38,8 @@ import numpy as np
 import optax
 from jax.scipy.special import digamma, logsumexp
 
+from advjax.compile import jit
+
 BOUNDS = ("dv", "nwj", "infonce")
 CRITICS = ("separable", "concat")
 
@@ -346,7 +348,7 @@ def _ksg_from_counts(n_x, n_z, k, n):
     return digamma(float(k)) + digamma(float(n)) - jnp.mean(psi)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "chunk_size"))
+@functools.partial(jit, static_argnames=("k", "chunk_size"))
 def _ksg_mi_jit(x: jax.Array, z: jax.Array, *, k: int, chunk_size: int) -> jax.Array:
     """KSG with all-pairs distances streamed over query chunks (suits accelerators)."""
     n = x.shape[0]
@@ -520,7 +522,7 @@ def _fill_inexact(x, z, eps, exact, k, chunk_size, width, z_order=None):
     return _refine(exhaustive, eps, exact, chunk_size)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("k", "chunk_size", "layout"))
+@functools.partial(jit, static_argnames=("k", "chunk_size", "layout"))
 def _ksg_mi_sorted_jit(
     x: jax.Array, z: jax.Array, *, k: int, chunk_size: int, layout: tuple[int, int, int, int]
 ) -> jax.Array:
@@ -677,9 +679,7 @@ def fit_critic(
     )
 
 
-@jax.jit(
-    static_argnames=("critic", "bound", "num_steps", "batch_size", "learning_rate", "ema_decay")
-)
+@jit(static_argnames=("critic", "bound", "num_steps", "batch_size", "learning_rate", "ema_decay"))
 def _fit_critic_jit(key, x, z, *, critic, bound, num_steps, batch_size, learning_rate, ema_decay):
     n = x.shape[0]
     init_key, data_key = jax.random.split(key)
@@ -745,7 +745,7 @@ def evaluate_bound(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("critic", "bound"))
+@functools.partial(jit, static_argnames=("critic", "bound"))
 def _evaluate_bound_jit(params, xb, zb, *, critic, bound):
     fn = BOUND_FNS[bound]
     return jnp.mean(jax.lax.map(lambda b: fn(critic.apply(params, b[0], b[1])), (xb, zb)))

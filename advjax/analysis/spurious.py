@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax.analysis import tradeoff
+from advjax.compile import jit
 
 # ---------------------------------------------------------------------------------------
 # Linear-regression theory.
@@ -319,11 +320,11 @@ def make_predictors(
       ``(clean(x), noisy(x, mask, key, sigma, on_foreground))``.
     """
 
-    @jax.jit
+    @jit
     def clean(x):
         return jnp.argmax(logits_fn(x), axis=-1)
 
-    @jax.jit
+    @jit
     def noisy(x, mask, key, sigma, on_foreground):
         m = mask.astype(x.dtype)[..., None]
         sel = jnp.where(on_foreground, m, 1.0 - m)

@@ -28,6 +28,7 @@ import optax
 from jax.scipy.stats import norm as jax_normal
 
 from advjax import geometry
+from advjax.compile import jit
 
 NORMS = geometry.NORMS
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -222,7 +223,7 @@ def minimize_adversarial_risk(
     pad = (-n) % chunk_size
     padded = jnp.concatenate([eps_grid, jnp.zeros((pad,), eps_grid.dtype)])
     chunks = padded.reshape(-1, min(chunk_size, padded.shape[0]))
-    out = jax.lax.map(jax.jit(jax.vmap(solve_one)), chunks)
+    out = jax.lax.map(jit(jax.vmap(solve_one)), chunks)
     return out.reshape(-1, cov_xy.shape[0])[:n]
 
 
@@ -254,7 +255,7 @@ def minimize_empirical_adversarial_risk(
         b = b if fit_bias else 0.0
         return jnp.mean(adversarial_squared_loss(w, x, y, norm=norm, eps=eps, bias=b))
 
-    @jax.jit
+    @jit
     def solve(params):
         def step(carry, _):
             p, st = carry

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from advjax import geometry
 from advjax.attacks import example_keys
 from advjax.attacks.ascent import ascent_step, expand, start_delta
+from advjax.compile import jit
 
 
 class EqualStrengthResult(NamedTuple):
@@ -46,7 +47,7 @@ def equal_strength_pgd(model: Any, x: jax.Array, y: jax.Array, key: jax.Array, *
 
 
 @functools.partial(
-    jax.jit,
+    jit,
     static_argnames=("eps", "step_size", "max_steps", "band", "norm", "init_std", "bounds"),
 )
 def _equal_strength_pgd(

@@ -32,6 +32,7 @@ from advjax.attacks import (
     fold_in_each,
     freeze,
 )
+from advjax.compile import jit
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -186,7 +187,7 @@ def _fab_single_run(
 
 
 @partial(
-    jax.jit,
+    jit,
     static_argnames=(
         "logits_fn",
         "norm",

@@ -43,6 +43,7 @@ from advjax import data, models, plots, registry
 from advjax.analysis import information as info
 from advjax.analysis import mutual_information as mi
 from advjax.attacks import ATTACKS
+from advjax.compile import jit
 from advjax.experiments import kit
 
 ADVERSARIAL = ("pgd_at", "trades", "fisher_kl", "mart", "fgsm_rs", "free_at")
@@ -186,7 +187,7 @@ class InformationProbe:
         def logits_with(variables):
             return lambda v: module.apply(variables, v, train=False)
 
-        @jax.jit
+        @jit
         def decomposition(variables, x, y, key):
             out = info.robust_decomposition(
                 logits_with(variables),
@@ -216,7 +217,7 @@ class InformationProbe:
             )
             return values | pairs, out["x_worst"]
 
-        @jax.jit
+        @jit
         def adversarial(variables, x, y, key):
             fn = logits_with(variables)
 
@@ -226,11 +227,11 @@ class InformationProbe:
             keys = jax.random.split(key, x.shape[0])
             return mi.chunked_map(rows, x, y, keys, chunk_size=chunk)
 
-        @jax.jit
+        @jit
         def logits(variables, x):
             return info.batched_logits(logits_with(variables), x, chunk_size=chunk)
 
-        @jax.jit
+        @jit
         def fisher(variables, x):
             return info.fisher_statistics(logits_with(variables), x, chunk_size=min(chunk, 64))
 
@@ -239,7 +240,7 @@ class InformationProbe:
             names = info.layer_names(module, self._init_variables(module), self.x)
             layer = names[-2] if len(names) >= 2 else names[-1]
 
-        @jax.jit
+        @jit
         def representation(variables, x):
             z = info.layer_representation(module, variables, x, layer=layer, chunk_size=chunk)
             return (z - jnp.mean(z, 0)) / (jnp.std(z, 0) + 1e-6)
@@ -342,7 +343,7 @@ class InformationProbe:
         chunk = int(a.chunk_size)
         num_check = min(16, int(a.fisher_examples))
 
-        @jax.jit
+        @jit
         def checks(variables, x, key_power, key_l2):
             fn = lambda v: module.apply(variables, v, train=False)  # noqa: E731
             identity = info.kl_identity(

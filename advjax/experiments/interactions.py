@@ -40,6 +40,7 @@ import numpy as np
 from advjax import data, distributed, plots, registry
 from advjax.analysis import interactions as itx
 from advjax.attacks import equal_strength
+from advjax.compile import jit
 from advjax.experiments import AnalysisError, kit
 from advjax.models import as_model
 from advjax.progress import progress_bar
@@ -141,7 +142,7 @@ def load_models(a: ml_collections.ConfigDict, workdir: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-@jax.jit
+@jit
 def _logits(model, x):
     return model(x)
 
@@ -246,7 +247,7 @@ def _image_game(model, x, label, channel_mean, settings):
 
 # Module level, with the model as data and the settings static: the standard and the
 # robust model of one architecture share every compiled estimator.
-@functools.partial(jax.jit, static_argnames=("settings", "orders", "num_contexts"))
+@functools.partial(jit, static_argnames=("settings", "orders", "num_contexts"))
 def _estimate(model, x, label, pairs, key, channel_mean, *, settings, orders, num_contexts):
     game = _image_game(model, x, label, channel_mean, settings)
     n = settings[0][0] * settings[0][1]
@@ -255,7 +256,7 @@ def _estimate(model, x, label, pairs, key, channel_mean, *, settings, orders, nu
     return deltas, ends.T
 
 
-@functools.partial(jax.jit, static_argnames=("settings",))
+@functools.partial(jit, static_argnames=("settings",))
 def _exact_table(model, x, label, channel_mean, *, settings):
     masks = jnp.asarray(itx.all_masks(settings[0][0] * settings[0][1]))
     return _image_game(model, x, label, channel_mean, settings)(masks).T  # [K, 2^n]

@@ -29,6 +29,7 @@ import numpy as np
 
 from advjax import data, evaluation, plots, runs, saliency
 from advjax.attacks.ascent import default_step_size
+from advjax.compile import jit
 from advjax.experiments import kit
 from advjax.objectives import interpretation
 
@@ -109,7 +110,7 @@ def validate(config) -> None:
 def _gradient_fn(module):
     """Jitted true-class logit gradients for any variables of ``module`` (compiled once)."""
 
-    @jax.jit
+    @jit
     def fn(variables, x, y):
         return saliency.gradient(lambda z: module.apply(variables, z, train=False), x, y)
 
@@ -134,7 +135,7 @@ def _training_curves(model_dir: str) -> dict[str, list[float]]:
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("threshold",))
+@functools.partial(jit, static_argnames=("threshold",))
 def _alignment(grads, x, targets: dict, *, threshold: float) -> dict:
     out = {"fg_mass": jnp.mean(saliency.foreground_mass(grads, x, threshold=threshold))}
     for teacher, t in targets.items():
@@ -503,7 +504,7 @@ def _budget(acfg) -> dict:
     }
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "ig_steps", "bounds"))
+@functools.partial(jit, static_argnames=("num_samples", "ig_steps", "bounds"))
 def _all_maps(model, x, y, key, *, num_samples, ig_steps, bounds) -> dict:
     """Every saliency method of the figure in one compiled call (the model as data)."""
     kw = dict(num_samples=num_samples, sigma=0.15, bounds=bounds, chunk_size=10)

@@ -31,6 +31,7 @@ import numpy as np
 
 from advjax import data, plots, runs, saliency
 from advjax.attacks.pgd import pgd
+from advjax.compile import jit
 from advjax.experiments import kit
 
 
@@ -121,16 +122,16 @@ def _model_visuals(model, x, y, an, key, bounds, num_classes, class_means) -> tu
         keep_best=False,
         bounds=bounds,
     )
-    grads = jax.jit(lambda xs, ys: saliency.gradient(logits_fn, xs, ys, output="loss"))(x, y)
-    x_adv = jax.jit(lambda xs, ys, k: pgd(logits_fn, xs, ys, k, **attack))(x, y, key)
+    grads = jit(lambda xs, ys: saliency.gradient(logits_fn, xs, ys, output="loss"))(x, y)
+    x_adv = jit(lambda xs, ys, k: pgd(logits_fn, xs, ys, k, **attack))(x, y, key)
     n = x.shape[0]
     targets = jnp.tile(jnp.arange(num_classes), n)
     x_rep = jnp.repeat(x, num_classes, axis=0)
-    x_tgt = jax.jit(lambda xs, ts, k: pgd(logits_fn, xs, ts, k, targeted=True, **attack))(
+    x_tgt = jit(lambda xs, ts, k: pgd(logits_fn, xs, ts, k, targeted=True, **attack))(
         x_rep, targets, jax.random.fold_in(key, 1)
     )
     path = interpolation_path(x, x_adv - x, int(an.num_interpolation), bounds)
-    predict = jax.jit(lambda xs: jnp.argmax(logits_fn(xs), -1))
+    predict = jit(lambda xs: jnp.argmax(logits_fn(xs), -1))
     pred_clean = np.asarray(predict(x))
     pred_adv = np.asarray(predict(x_adv))
     pred_tgt = np.asarray(predict(x_tgt)).reshape(n, num_classes)

@@ -20,6 +20,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from advjax.compile import jit
 from advjax.registry import Registry
 
 
@@ -181,7 +182,7 @@ def init_variables(module, info, key: jax.Array) -> dict:
     return dict(_init(module, tuple(info.input_shape), key))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(jit, static_argnums=(0, 1))
 def _init(module, input_shape: tuple, key: jax.Array):
     """Compiled once per architecture and input shape (flax modules hash by their fields)."""
     dummy = jnp.zeros((1, *input_shape), jnp.float32)

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from advjax import saliency
+from advjax.compile import jit
 from advjax.models import as_model
 
 VARIANTS = ("cosine", "norm_match")
@@ -245,13 +246,13 @@ def compute_targets(
 
 
 # Module level with the teacher as data: teachers of one architecture share the programs.
-@jax.jit
+@jit
 def _gradient_maps(model, x, y):
     return saliency.gradient(model, x, y)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_samples", "sigma", "chunk_size", "include_clean", "bounds")
+    jit, static_argnames=("num_samples", "sigma", "chunk_size", "include_clean", "bounds")
 )
 def _smoothgrad_maps(model, x, y, key, **settings):
     return saliency.smoothgrad(model, x, y, key, **settings)
