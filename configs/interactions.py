@@ -47,7 +47,13 @@ def get_config(arg: str | None = None):
                 robust=dict(
                     config="configs/mnist_fast.py",
                     workdir="",
-                    overrides=dict(train=dict(num_epochs=4.0)),
+                    # PGD-5 (step 2.5 x 0.35 / 5), the recipe results/ren/ was run with.
+                    overrides=dict(
+                        train=dict(
+                            num_epochs=4.0,
+                            objective=dict(attack=dict(num_steps=5, step_size=0.175)),
+                        )
+                    ),
                 ),
             ),
             pool_size=300,  # random test images (seed: config.seed); 0 = all, in order
