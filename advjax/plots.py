@@ -98,3 +98,46 @@ def image_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     return save(fig, path)
+
+
+def run_summary(path: str, metrics: Sequence[Mapping], eval_section: Mapping) -> str:
+    """The figure of a training run: its curves (training-batch adversarial accuracy,
+    validation clean and robust accuracy, per step) beside the test accuracy left after
+    each evaluation attack (an ensemble's components cumulatively, in their order)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    curves = {
+        "training batch, adversarial": ("adv_accuracy", "-"),
+        "validation, clean": ("val_accuracy", "o-"),
+        "validation, robust": ("val_robust_accuracy", "o-"),
+    }
+    for label, (key, style) in curves.items():
+        points = [(r["step"], r[key]) for r in metrics if r.get(key) is not None]
+        if points:
+            steps, values = zip(*points, strict=True)
+            left.plot(steps, values, style, ms=3, label=label)
+    left.set_xlabel("training step")
+    left.set_ylabel("accuracy")
+    left.set_title("training")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+
+    labels, values = ["clean"], [float(eval_section["clean_accuracy"])]
+    for name, result in eval_section.get("attacks", {}).items():
+        components = result.get("components")
+        if components:
+            for part, c in components.items():
+                labels.append(f"{name}: +{part}")
+                values.append(float(c["robust_accuracy_after"]))
+        else:
+            labels.append(name)
+            values.append(float(result["robust_accuracy"]))
+    ypos = np.arange(len(labels))
+    right.barh(ypos, values, color=["tab:gray"] + ["tab:blue"] * (len(labels) - 1))
+    for y, v in zip(ypos, values, strict=True):
+        right.text(v, y, f" {100 * v:.1f}%", va="center", fontsize=8)
+    right.set_yticks(ypos, labels, fontsize=8)
+    right.invert_yaxis()
+    right.set_xlim(0, 1.12)
+    right.set_xlabel(f"test accuracy ({eval_section.get('num_examples', 'all')} images)")
+    right.set_title("accuracy left after each attack")
+    return save(fig, path)

@@ -192,6 +192,19 @@ def evaluate_run(config, workdir: str, *, dataset: data.Dataset | None = None) -
     return report
 
 
+SUMMARY_FIGURE = os.path.join("figures", "run_summary.png")
+
+
+def _summary_figure(workdir: str, eval_section: dict) -> str:
+    """Writes `plots.run_summary` of the run (process 0) and returns its relative path."""
+    from advjax import plots
+
+    if distributed.is_main():
+        metrics = training.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        plots.run_summary(os.path.join(workdir, SUMMARY_FIGURE), metrics, eval_section)
+    return SUMMARY_FIGURE
+
+
 def _clear_eval_state(workdir: str) -> None:
     """Removes the stored evaluation batches once every process is past them."""
     distributed.sync("advjax_eval_done")
@@ -271,6 +284,8 @@ def train_and_evaluate(
         "devices": [str(d) for d in jax.devices()],
         "num_processes": jax.process_count(),
     }
+    if model.info.num_classes > 1:
+        report["figures"] = [_summary_figure(workdir, eval_section)]
     checkpoints.kill_point("during_eval")
     write_json(os.path.join(workdir, "report.json"), report)
     _clear_eval_state(workdir)

@@ -410,7 +410,8 @@ def make_validator(s: Setup) -> Callable[[TrainedModel, jax.Array], dict]:
 # ------------------------------------------------------------------------------ loop
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON-lines file (``metrics.jsonl``); none when it is absent."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -491,7 +492,7 @@ def train(
             checkpoints.warn(f"the damaged checkpoint of step {bad} is kept in {moved}")
         start_step = int(state.step)
         if main:
-            records = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= start_step]
+            records = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start_step]
             _write_jsonl(metrics_path, records)
             if meta.get("finished"):
                 print(f"{workdir}: training finished at step {start_step}; nothing to train.")

@@ -52,6 +52,10 @@ def test_mnist_pgd_smoke_writes_the_full_record(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert records and all("step" in r for r in records)
     assert any("examples_per_sec" in r for r in records)
+    # The run's figure: its curves and the accuracy left after each attack.
+    assert report["figures"] == ["figures/run_summary.png"]
+    with open(tmp_path / "figures" / "run_summary.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # Running the same command again finds the finished run and does not retrain.
     again = launch("--config", "configs/mnist_pgd.py:smoke", "--workdir", str(tmp_path))
     assert again.returncode == 0, again.stderr[-2000:]
