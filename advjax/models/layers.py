@@ -13,7 +13,10 @@ the derivatives are written down for XLA:
   convolution, but inside ``lax.fori_loop`` it does not, and an attack's step loop
   runs 3-7x slower (jax-ml/jax#12868; ``bench/attacks.py``). `conv2d` flips and
   transposes the kernel itself, so the input gradient is a plain NHWC/HWIO
-  convolution wherever it is compiled.
+  convolution wherever it is compiled. For strides > 1 JAX's rule also dilates the
+  cotangent with zeros (``s*s`` times the work); `conv2d` uses the sub-pixel form
+  instead (`conv_input_gradient`), and runs a strided convolution of a 1-3 channel
+  image on space-to-depth blocks (`_conv_blocked`).
 * ``flax.linen.max_pool``'s gradient lowers to XLA's select-and-scatter, which
   XLA:CPU runs about 10x slower than the convolution that precedes it. `max_pool`
   takes the maximum of the window's strided slices and routes the tangent to the
@@ -125,16 +128,16 @@ def _conv_blocked(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
     return _conv(blocks, _blocked_kernel(kernel, strides), (1, 1), ((0, 0), (0, 0)))
 
 
-def _forward(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
-    if max(strides) > 1 and x.shape[-1] < _BLOCKED_FORWARD_BELOW_CHANNELS:
-        return _conv_blocked(x, kernel, strides, pads)
-    return _conv(x, kernel, strides, pads)
-
-
 # Strided convolutions with fewer input channels run through `_conv_blocked` (measured on
 # XLA:CPU, small_cnn's first layer: 1 channel, 4x4 stride 2: 2.6 ms against 6.8 ms for a
 # batch of 512; with 16 channels the plain convolution is faster).
 _BLOCKED_FORWARD_BELOW_CHANNELS = 4
+
+
+def _forward(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    if max(strides) > 1 and x.shape[-1] < _BLOCKED_FORWARD_BELOW_CHANNELS:
+        return _conv_blocked(x, kernel, strides, pads)
+    return _conv(x, kernel, strides, pads)
 
 
 def conv_input_gradient(
