@@ -68,20 +68,15 @@ def _conv(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS)
 
 
-def _space_to_depth_geometry(in_spatial, kernel_hw, strides, pads):
-    """How a strided convolution becomes a stride-1 one on space-to-depth blocks.
-
-    Returns ``(out_spatial, blocks_kernel, padded)`` per spatial dimension: the output
-    size, the kernel size in blocks (the kernel zero-padded up to a multiple of the
-    stride) and the padded input size in rows (a multiple of the stride, rows the
-    convolution never reads cropped, missing ones zero-padded).
-    """
-    geometry = []
-    for n, k, s, (low, high) in zip(in_spatial, kernel_hw, strides, pads, strict=True):
-        out = (n + low + high - k) // s + 1
-        blocks = -(-k // s)
-        geometry.append((out, blocks, s * (out + blocks - 1)))
-    return tuple(geometry)
+def _padded_size(in_spatial, kernel_hw, strides, pads) -> tuple[int, ...]:
+    """The padded input size, per spatial dimension, of a strided convolution run as a
+    stride-1 one on space-to-depth blocks: a multiple of the stride covering
+    ``out + ceil(k / s) - 1`` blocks (rows the convolution never reads cropped, missing
+    ones zero-padded)."""
+    return tuple(
+        s * ((n + low + high - k) // s + 1 + -(-k // s) - 1)
+        for n, k, s, (low, high) in zip(in_spatial, kernel_hw, strides, pads, strict=True)
+    )
 
 
 def _blocked_kernel(kernel: jax.Array, strides) -> jax.Array:
@@ -122,8 +117,7 @@ def _conv_blocked(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
     of the padded input with `_blocked_kernel`: the same sums, in a form whose few
     input channels become ``s*s`` times as many (XLA:CPU's convolution is several times
     faster for a 1-channel image in this form)."""
-    geometry = _space_to_depth_geometry(x.shape[1:3], kernel.shape[:2], strides, pads)
-    padded = tuple(g[2] for g in geometry)
+    padded = _padded_size(x.shape[1:3], kernel.shape[:2], strides, pads)
     blocks = _space_to_depth(_pad_to(x, pads, padded), strides)
     return _conv(blocks, _blocked_kernel(kernel, strides), (1, 1), ((0, 0), (0, 0)))
 
@@ -164,8 +158,7 @@ def conv_input_gradient(
     strides = tuple(strides)
     if max(strides) == 1:
         return _stride1_input_gradient(cotangent, kernel, in_spatial, pads)
-    geometry = _space_to_depth_geometry(in_spatial, kernel.shape[:2], strides, pads)
-    padded = tuple(g[2] for g in geometry)
+    padded = _padded_size(in_spatial, kernel.shape[:2], strides, pads)
     blocked = _blocked_kernel(kernel, strides)
     blocks_in = tuple(p // s for p, s in zip(padded, strides, strict=True))
     grad_blocks = _stride1_input_gradient(cotangent, blocked, blocks_in, ((0, 0), (0, 0)))
