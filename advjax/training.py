@@ -268,7 +268,9 @@ def new_state(module, objective: Objective, tx, config, info, key: jax.Array) ->
         params=params,
         model_state=variables,
         opt_state=tx.init(params),
-        ema_params=params if config.train.ema_decay > 0 else None,
+        # A copy: the training step donates the state, and XLA refuses to donate one
+        # buffer twice.
+        ema_params=jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None,
         carry=carry,
     )
 

@@ -113,6 +113,30 @@ def test_ema_is_the_exponential_average_of_parameters():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), s1.ema_params, expected)
 
 
+def test_training_with_ema_runs_the_donated_step_and_keeps_the_average(tmp_path):
+    # The launcher's step donates the whole state: EMA parameters that alias the
+    # parameters at step 0 made XLA refuse the call ("donate the same buffer twice").
+    config = tiny_config(num_epochs=1.0)
+    config.train.ema_decay = 0.5
+    runs.train_and_evaluate(config, str(tmp_path), dataset=blob_images())
+    records = [r for r in runs.read_metrics(str(tmp_path)) if "step" in r]
+    assert records and max(r["step"] for r in records) > 1
+    # The restored model is the average, which lags the last raw parameters.
+    avg = runs.load_trained(str(tmp_path)).variables["params"]
+    module, target = training.restore_target(config, blob_images().info)
+    ckpt = checkpoints.Checkpointer(os.path.join(str(tmp_path), "checkpoints"))
+    try:
+        state, _ = ckpt.restore(target)
+    finally:
+        ckpt.close()
+    diffs = [
+        float(np.abs(a - b).max())
+        for a, b in zip(jax.tree.leaves(avg), jax.tree.leaves(state.params), strict=True)
+    ]
+    assert max(diffs) > 0.0
+    jax.tree.map(lambda e, a: np.testing.assert_allclose(e, a), avg, state.ema_params)
+
+
 def test_training_learns_and_writes_the_record(tmp_path):
     config = tiny_config(num_epochs=6.0)
     config.train.optimizer.learning_rate = 1e-2
