@@ -68,11 +68,31 @@ def build_flax(name: str):
 def use_flax_layers() -> None:
     """Builds the CNNs with flax's own convolution and max-pool (the earlier layers)."""
     import flax.linen as nn
+    from jax import lax
 
-    from advjax.models import cnn
+    from advjax.models import cnn, layers
 
-    cnn.Conv = nn.Conv
-    cnn.max_pool = lambda x, window: nn.max_pool(x, window, strides=window)
+    class Conv(layers.Conv):  # the class name makes the variable names (Conv_0, ...)
+        """`layers.Conv`'s variables and values with JAX's own convolution derivatives and
+        flax's max-pool (select-and-scatter gradient)."""
+
+        @nn.compact
+        def __call__(self, x):
+            kernel = self.param(
+                "kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features)
+            )
+            strides = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides
+            pads = layers.resolve_padding(self.padding, x.shape[1:3], self.kernel_size, strides)
+            y = lax.conv_general_dilated(
+                x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            if self.pool_window is not None:
+                y = nn.max_pool(y, tuple(self.pool_window), strides=tuple(self.pool_window))
+            if self.use_bias:
+                y = y + self.param("bias", self.bias_init, (self.features,))
+            return y
+
+    cnn.Conv = Conv
 
 
 def adversarially_trained(name: str, data, *, steps: int, batch: int = 128, seed: int = 0):

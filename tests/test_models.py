@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,6 +11,7 @@ import pytest
 
 from advjax import models
 from advjax.data import DatasetInfo
+from advjax.models import cnn
 
 MNIST = DatasetInfo("mnist", (28, 28, 1), 10)
 CIFAR = DatasetInfo("cifar", (32, 32, 3), 10)
@@ -82,6 +84,22 @@ def test_unknown_model_and_field_are_named():
 
 # The modules built on advjax.models.layers; models elsewhere (imported architectures)
 # keep their own layers.
+class PublishedMadryCNN(nn.Module):
+    """Madry et al.'s MNIST network in the published order, with flax's own layers."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        w_init = nn.initializers.truncated_normal(stddev=0.1)
+        b_init = nn.initializers.constant(0.1)
+        for features in (32, 64):
+            x = nn.Conv(features, (5, 5), padding="SAME", kernel_init=w_init, bias_init=b_init)(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Dense(1024, kernel_init=w_init, bias_init=b_init)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.num_classes, kernel_init=w_init, bias_init=b_init)(x)
+
+
 OWN_MODULES = ("advjax.models.cnn", "advjax.models.resnet", "advjax.models.simple")
 
 
@@ -100,22 +118,28 @@ def test_models_equal_their_flax_conv_versions(name, info, kw, monkeypatch):
     # Every registered model, rebuilt with flax's own nn.Conv and nn.max_pool in place of
     # advjax.models.layers: the same variables tree (names, shapes, initial values, so
     # checkpoints written before the layers existed still load), logits and input
-    # gradients.
+    # gradients. The Madry CNN's reference is the published order (conv -> ReLU ->
+    # max-pool), which advjax computes as conv -> max-pool -> bias -> ReLU.
     own = {n for n in models.MODELS.names() if models.MODELS.get(n).__module__ in OWN_MODULES}
     assert own == {"linear", "mlp", "madry_cnn", "small_cnn", "preact_resnet18", "wide_resnet"}
     module, variables = build(name, info, **kw)
     import flax.linen as nn
 
-    from advjax.models import cnn, resnet
+    from advjax.models import resnet
 
-    for mod in (cnn, resnet):
-        monkeypatch.setattr(mod, "Conv", nn.Conv)
-    monkeypatch.setattr(cnn, "max_pool", lambda x, w: nn.max_pool(x, w, strides=w))
-    flax_module, flax_variables = build(name, info, **kw)
+    if name == "madry_cnn":
+        flax_module = PublishedMadryCNN(info.num_classes)
+        flax_variables = models.init_variables(flax_module, info, jax.random.key(0))
+    else:
+        for mod in (cnn, resnet):
+            monkeypatch.setattr(mod, "Conv", nn.Conv)
+        flax_module, flax_variables = build(name, info, **kw)
     assert jax.tree.structure(variables) == jax.tree.structure(flax_variables)
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(flax_variables), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     x = jax.random.uniform(jax.random.key(2), (3, *info.input_shape))
+    # An all-zero band, like MNIST's background: windows of equal maxima.
+    x = x.at[:, : info.input_shape[0] // 3].set(0.0)
 
     def loss(m):
         return lambda v: jnp.sum(jnp.sin(m.apply(flax_variables, v, train=False)))

@@ -19,8 +19,9 @@ the derivatives are written down for XLA:
   image on space-to-depth blocks (`_conv_blocked`).
 * ``flax.linen.max_pool``'s gradient lowers to XLA's select-and-scatter, which
   XLA:CPU runs about 10x slower than the convolution that precedes it. `max_pool`
-  takes the maximum of the window's strided slices and routes the tangent to the
-  first maximal element (the element select-and-scatter picks), with elementwise ops.
+  views the input as ``[n, h/kh, kh, w/kw, kw, c]`` windows, takes their maximum and
+  routes the tangent to the first maximal element (the element select-and-scatter
+  picks) with elementwise ops on that view.
 
 Both are ``jax.custom_jvp`` rules whose tangents are linear maps JAX can transpose, so
 ``jax.grad``, ``jax.jvp``, ``jax.linearize`` and gradients of gradients (the
@@ -245,6 +246,11 @@ class Conv(nn.Module):
     use_bias: bool = True
     kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
     bias_init: Callable[..., Any] = nn.initializers.zeros_init()
+    # `max_pool` window applied to the convolution before the bias (None: no pooling).
+    # Adding a per-channel constant and any monotone activation commute with a max, so
+    # ``act(Conv(..., pool_window=w)(x))`` equals ``max_pool(act(flax Conv(x)), w)``
+    # with the bias and the activation on a quarter of the elements (for 2x2).
+    pool_window: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -257,35 +263,42 @@ class Conv(nn.Module):
             "kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features)
         )
         y = conv2d(x, kernel.astype(x.dtype), strides=self.strides, padding=self.padding)
+        if self.pool_window is not None:
+            y = max_pool(y, self.pool_window)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
         return y
 
 
-def _window_slices(x: jax.Array, window: Sequence[int]) -> list[jax.Array]:
-    kh, kw = window
-    h, w = x.shape[1] // kh * kh, x.shape[2] // kw * kw
-    x = x[:, :h, :w]
-    return [x[:, i::kh, j::kw] for i in range(kh) for j in range(kw)]
+def _windows(x: jax.Array, window: Sequence[int]) -> jax.Array:
+    """NHWC ``x`` (cropped to whole windows) as ``[n, h/kh, kh, w/kw, kw, c]``."""
+    (kh, kw), (n, h, w, c) = window, x.shape
+    h, w = h // kh, w // kw
+    return x[:, : h * kh, : w * kw].reshape(n, h, kh, w, kw, c)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _max_pool(x, window):
-    return functools.reduce(jnp.maximum, _window_slices(x, window))
+    return _windows(x, window).max(axis=(2, 4))
 
 
 @_max_pool.defjvp
 def _max_pool_jvp(window, primals, tangents):
     (x,), (dx,) = primals, tangents
-    out = functools.reduce(jnp.maximum, _window_slices(x, window))
+    xw = _windows(x, window)
+    out = xw.max(axis=(2, 4))
+    # The first maximal element in row-major window order, the element XLA's
+    # select-and-scatter (flax.linen.max_pool's gradient) picks when several are equal
+    # (common: a convolution of MNIST's all-zero background).
+    is_max = xw == out[:, :, None, :, None, :]
     taken = jnp.zeros(out.shape, bool)
-    tangent = jnp.zeros(out.shape, dx.dtype)
-    # Row-major window order, first maximum wins: the element XLA's select-and-scatter
-    # (flax.linen.max_pool's gradient) picks when several are equal.
-    for part, dpart in zip(_window_slices(x, window), _window_slices(dx, window), strict=True):
-        pick = (part == out) & ~taken
-        tangent = jnp.where(pick, dpart, tangent)
-        taken = taken | pick
+    first = jnp.zeros(xw.shape, bool)
+    for i in range(window[0]):
+        for j in range(window[1]):
+            here = is_max[:, :, i, :, j, :]
+            first = first.at[:, :, i, :, j, :].set(here & ~taken)
+            taken = taken | here
+    tangent = jnp.where(first, _windows(dx, window), 0).sum(axis=(2, 4))
     return out, tangent
 
 
