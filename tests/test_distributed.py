@@ -102,7 +102,9 @@ def test_uneven_shares_are_refused():
 def _env(devices: int) -> dict:
     env = dict(os.environ)
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        # The session's XLA flags (tests/conftest.py) plus the virtual devices.
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={devices}".strip(),
         JAX_PLATFORMS="cpu",
         ADVJAX_PROGRESS="0",
     )

@@ -140,7 +140,9 @@ def test_fab_t_restarts_never_worse_and_deterministic():
     _, again = fab_targeted_minimal(*args, norm="linf", eps=0.1, num_restarts=3)
     several = np.asarray(several)
     np.testing.assert_array_equal(several, np.asarray(again))
-    assert np.all(several <= np.asarray(single))
+    # The first restart repeats the single run, but inside another compiled program:
+    # XLA may order its float sums differently, so "never worse" holds up to a few ulps.
+    assert np.all(several <= np.asarray(single) * (1 + 16 * np.finfo(np.float32).eps))
     assert np.all(several >= radius * (1 - 1e-4))
     with pytest.raises(ValueError, match="need eps"):
         fab_targeted_minimal(*args, norm="linf", num_restarts=2)
