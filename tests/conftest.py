@@ -19,11 +19,12 @@ os.environ.setdefault(
 # The same cache for every JAX process of the session: the test workers themselves and
 # the notebook kernels too (JAX reads these variables at import). Tests build the same
 # programs many times over (every seed of a findings smoke run recompiles its training
-# step; the same attacks run on models of the same shape in many files); a program
-# compiled once is then read from disk. Keyed by program, backend and options, so a
-# cached program is the one XLA would compile.
+# step; the same attacks run on models of the same shape in many files; each of some
+# forty launcher processes compiles the same few dozen small programs); a program
+# compiled once, however small, is then read from disk. Keyed by program, backend and
+# options, so a cached program is the one XLA would compile.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["ADVJAX_XLA_CACHE"])
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The suite compiles hundreds of programs that each run for milliseconds on tiny inputs:
 # LLVM at -O1 instead of -O2 compiles them about a third faster (the noack findings smoke
