@@ -15,7 +15,8 @@ first MNIST test images, l_inf eps 0.3:
   (9 targets x 100 steps), Square (5000 queries); torchattacks' ``APGD``, ``APGDT`` and
   ``Square`` with the same settings.
 
-Implementations run in interleaved rounds; reported are per-stage medians, ratios
+Implementations run in interleaved rounds, each after a short rest on a CPU (`settle`);
+reported are per-stage medians, ratios
 (advjax time / torchattacks time: below 1 means advjax is faster), compile time
 (separately, never inside the medians), peak memory, robust accuracies of both sides
 and the machine's load average. Nothing is set in the environment: the numbers are
@@ -240,14 +241,28 @@ def block(out):
     return jax.block_until_ready(out)
 
 
+# Seconds of rest before each timed side on a CPU. After a parallel region torch's OpenMP
+# workers spin-wait for a while (XLA's pool briefly too) and take cores from whatever runs
+# next: on the Madry CNN's training step the side timed right after torch measured about
+# 5% slower than the same side timed after another XLA program.
+SETTLE_S = 0.5
+
+
+def settle(device: str) -> None:
+    """Waits for the device, then (on a CPU) lets the other side's threads go idle."""
+    synchronize(device)
+    if not device.startswith("cuda"):
+        time.sleep(SETTLE_S)
+
+
 def interleaved(runs: dict, rounds: int, device: str):
-    """Runs every callable once per round, in turn; returns times, last outputs and the
-    peak memory of each (measured in the first round)."""
+    """Runs every callable once per round, in turn (each after `settle`); returns times,
+    last outputs and the peak memory of each (measured in the first round)."""
     times = {k: [] for k in runs}
     outs, memory = {}, {}
     for r in range(rounds):
         for k, fn in runs.items():
-            synchronize(device)
+            settle(device)
             if r == 0:
                 with PeakRSS() as peak:
                     t0 = time.perf_counter()
@@ -405,6 +420,7 @@ def main(argv=None):
             "rounds": {"pgd": args.rounds, "ensemble": args.ensemble_rounds},
             "timing": "interleaved rounds, medians; compile times apart; memory: peak "
             "resident-set growth during the first round (XLA temp buffers for advjax too)",
+            "settle_s_before_each_side": 0.0 if args.device.startswith("cuda") else SETTLE_S,
             "ratio": "advjax time / torchattacks time (below 1: advjax faster)",
         },
         "models": {},

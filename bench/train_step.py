@@ -6,9 +6,10 @@ weights (the flax initialisation copied into torch; the first step's losses are
 asserted to agree). The flax step is one jitted function with the parameters and
 optimiser state donated (what advjax's training loop compiles); the torch step is the
 textbook ``zero_grad / backward / step``. Steps run in interleaved rounds of
-``--steps`` steps each; reported are the median seconds per step, the ratio (advjax
-over torch: below 1 means advjax is faster), the compile time apart, peak memory and
-the machine's load average. Nothing is set in the environment.
+``--steps`` steps each, each side after a short rest on a CPU (``attacks.settle``: the
+other framework's threads go idle first); reported are the median seconds per step, the
+ratio (advjax over torch: below 1 means advjax is faster), the compile time apart, peak
+memory and the machine's load average. Nothing is set in the environment.
 
 Run: ``.venv/bin/python bench/train_step.py [--quick] [--device cuda]``.
 """
@@ -35,9 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attacks import (  # noqa: E402
     MNIST,
     RESULTS,
+    SETTLE_S,
     PeakRSS,
     build_flax,
     full_precision,
+    settle,
     synchronize,
     torch_model,
 )
@@ -123,6 +126,7 @@ def main(argv=None):
             "batch": args.batch,
             "step": "forward, cross-entropy, backward, Adam(1e-3) update",
             "steps_per_round": args.steps,
+            "settle_s_before_each_side": 0.0 if gpu else SETTLE_S,
             "rounds": args.rounds,
             "ratio": "advjax seconds per step / torch seconds per step (below 1: advjax faster)",
         },
@@ -170,7 +174,7 @@ def main(argv=None):
         for r in range(args.rounds):
             batches = range(1 + r * args.steps, 1 + (r + 1) * args.steps)
             for side in times:
-                synchronize(args.device)
+                settle(args.device)
                 with PeakRSS() as peak:
                     t0 = time.perf_counter()
                     if side == "advjax":
