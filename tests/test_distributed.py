@@ -202,6 +202,9 @@ def test_killed_process_stops_the_other_and_the_rerun_resumes(reference_runs, tm
     procs = []
     for i in range(2):
         env = _env(2)
+        # The survivor learns of the death from the coordination service after this many
+        # seconds of missed heartbeats, busy in its collective until then (30 s by default).
+        env["ADVJAX_HEARTBEAT_TIMEOUT"] = "10"
         if i == 1:
             # Process 1 SIGKILLs itself once the checkpoint of step 10 is on disk.
             env["ADVJAX_KILL_AT"] = "after_save@10"
