@@ -234,9 +234,9 @@ def conv2d(
 class Conv(nn.Module):
     """``flax.linen.Conv`` for NHWC images with `conv2d` underneath.
 
-    Same fields (the subset advjax uses), same variables (``kernel`` of shape
-    ``(*kernel_size, in_features, features)``, ``bias`` of shape ``(features,)``), same
-    default initialisers (LeCun normal, zeros).
+    Same fields (the subset advjax uses) plus ``pool_window``, same variables (``kernel``
+    of shape ``(*kernel_size, in_features, features)``, ``bias`` of shape
+    ``(features,)``), same default initialisers (LeCun normal, zeros).
     """
 
     features: int
@@ -247,9 +247,10 @@ class Conv(nn.Module):
     kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
     bias_init: Callable[..., Any] = nn.initializers.zeros_init()
     # `max_pool` window applied to the convolution before the bias (None: no pooling).
-    # Adding a per-channel constant and any monotone activation commute with a max, so
-    # ``act(Conv(..., pool_window=w)(x))`` equals ``max_pool(act(flax Conv(x)), w)``
-    # with the bias and the activation on a quarter of the elements (for 2x2).
+    # A max commutes with adding a per-channel constant and with any non-decreasing
+    # activation, so ``act(Conv(..., pool_window=w)(x))`` equals
+    # ``max_pool(act(flax Conv(x)), w)``, with the bias and the activation on a quarter
+    # of the elements (for 2x2).
     pool_window: Sequence[int] | None = None
 
     @nn.compact
