@@ -26,6 +26,15 @@ def blob_images(n_train=256, n_test=128, *, shape=(8, 8, 1), num_classes=4, seed
     return Dataset(info, train_x, train_y, test_x, test_y)
 
 
+def xla_flags_with_devices(devices: int) -> str:
+    """``XLA_FLAGS`` for a subprocess with ``devices`` virtual CPU devices, keeping the
+    session's own flags (tests/conftest.py)."""
+    import os
+
+    devices_flag = f"--xla_force_host_platform_device_count={devices}"
+    return f"{os.environ.get('XLA_FLAGS', '')} {devices_flag}".strip()
+
+
 def tiny_config(objective: str = "standard", **train):
     """A config of seconds on `blob_images` (the dataset is passed in directly)."""
     from advjax.configlib import load_config

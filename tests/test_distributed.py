@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import xla_flags_with_devices
 
 from advjax import data, distributed
 
@@ -102,9 +103,7 @@ def test_uneven_shares_are_refused():
 def _env(devices: int) -> dict:
     env = dict(os.environ)
     env.update(
-        # The session's XLA flags (tests/conftest.py) plus the virtual devices.
-        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-        f"--xla_force_host_platform_device_count={devices}".strip(),
+        XLA_FLAGS=xla_flags_with_devices(devices),
         JAX_PLATFORMS="cpu",
         ADVJAX_PROGRESS="0",
     )

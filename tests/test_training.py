@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from helpers import blob_images, tiny_config
+from helpers import blob_images, tiny_config, xla_flags_with_devices
 
 from advjax import checkpoints, data, losses, models, runs, training
 from advjax.objectives import build_objective
@@ -123,7 +123,7 @@ def test_training_with_ema_runs_the_donated_step_and_keeps_the_average(tmp_path)
     assert records and max(r["step"] for r in records) > 1
     # The restored model is the average, which lags the last raw parameters.
     avg = runs.load_trained(str(tmp_path)).variables["params"]
-    module, target = training.restore_target(config, blob_images().info)
+    _, target = training.restore_target(config, blob_images().info)
     ckpt = checkpoints.Checkpointer(os.path.join(str(tmp_path), "checkpoints"))
     try:
         state, _ = ckpt.restore(target)
@@ -187,7 +187,7 @@ def test_data_parallel_training_matches_one_device(tmp_path):
         sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
         import jax, ml_collections, numpy as np
         assert len(jax.devices()) == 8, jax.devices()
-        from helpers import blob_images, tiny_config
+        from helpers import blob_images, tiny_config, xla_flags_with_devices
         from advjax import runs
         out = []
         for n in (8, 1):
@@ -201,8 +201,7 @@ def test_data_parallel_training_matches_one_device(tmp_path):
         print("OK")
         """
     )
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
-    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(8), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
     )
