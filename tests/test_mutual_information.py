@@ -280,11 +280,14 @@ def test_trained_critic_bounds_below_truth(bound):
     # A small flax critic trained on half the samples and evaluated on the other half:
     # in expectation a lower bound, and close to the truth for these easy densities.
     # Tolerances: held-out noise (~0.03 nats at n = 2000) above, critic bias (~0.15) below.
+    # 600 steps: after 300 the DV and NWJ critics at rho = 0.9 were still about 0.1 nats
+    # short (0.64-0.76 and 0.70-0.71 against 0.83), which rounding alone moved across the
+    # tolerance (XLA's two CPU fusion emitters); after 600 all three are within 0.05.
     for rho in RHOS:
         x, z = bivariate(rho, 4000, seed=6)
         est = float(
             mi.variational_mi(
-                jax.random.PRNGKey(0), x, z, bound=bound, num_steps=300, batch_size=128
+                jax.random.PRNGKey(0), x, z, bound=bound, num_steps=600, batch_size=128
             )
         )
         truth = gaussian_truth(rho)
