@@ -381,6 +381,13 @@ def _validate(config) -> None:
     )
     for name in config.eval.attacks.keys():
         check_attack_config(config.eval.attacks[name], key=f"eval.attacks.{name}")
+    full = config.eval.get("full_test_set_attacks", ())
+    _require(
+        isinstance(full, list | tuple) and all(n in config.eval.attacks for n in full),
+        "eval.full_test_set_attacks",
+        full,
+        f"must be a tuple of names of eval.attacks ({', '.join(config.eval.attacks.keys())})",
+    )
     _require(
         config.checkpoint.every_steps >= 1,
         "checkpoint.every_steps",

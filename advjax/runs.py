@@ -161,12 +161,49 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
         bounds=tuple(dataset.info.bounds),
         state_dir=os.path.join(workdir, EVAL_STATE),
     )
+    full = full_test_set_config(config.eval, len(dataset.test_y))
+    if full is not None:
+        training.print_main(
+            f"{workdir}: {', '.join(full.attacks.keys())} again on the whole test set "
+            f"({len(dataset.test_y)} examples; the evaluation above used the first "
+            f"{section['num_examples']})."
+        )
+        section["full_test_set"] = evaluation.evaluate(
+            full,
+            model.model,
+            dataset.test_x,
+            dataset.test_y,
+            key=jax.random.fold_in(jax.random.key(config.seed), 7),
+            bounds=tuple(dataset.info.bounds),
+            state_dir=os.path.join(workdir, EVAL_STATE),
+        )
     if config.eval.eps_grid and section.get("eps_sweep"):
         path = os.path.join(workdir, "figures", "robust_accuracy_vs_eps.png")
         if distributed.is_main():
             evaluation.plot_eps_curve(section, path)
         section["figures"] = [os.path.relpath(path, workdir)]
     return section
+
+
+def full_test_set_config(eval_config, num_test: int):
+    """The evaluation of ``eval.full_test_set_attacks`` on the whole test set, or None
+    when there is nothing to add (no such attacks, or ``num_examples`` already covers the
+    test set).
+
+    The same attack configs and key as the subset's evaluation, so every attack gives the
+    same outcome on the subset's examples (per-example keys); no sweep, no sanity checks
+    (those ran on the subset).
+    """
+    names = list(eval_config.get("full_test_set_attacks", ()))
+    if not names or not 0 < eval_config.num_examples < num_test:
+        return None
+    full = ml_collections.ConfigDict(eval_config.to_dict())
+    full.num_examples = 0
+    full.attacks = ml_collections.ConfigDict({n: eval_config.attacks[n].to_dict() for n in names})
+    full.eps_grid = ()
+    full.sanity_checks = False
+    full.full_test_set_attacks = ()
+    return full
 
 
 def evaluate_run(config, workdir: str, *, dataset: data.Dataset | None = None) -> dict:

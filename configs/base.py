@@ -102,6 +102,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 500
     c.eval.num_examples = 0  # 0 = the whole test set
+    # Names of eval.attacks that also run on the whole test set when num_examples
+    # evaluates a subset (report: eval.full_test_set), e.g. a cheap PGD next to an
+    # ensemble that only a subset can afford.
+    c.eval.full_test_set_attacks = ()
     c.eval.attacks = ml_collections.ConfigDict(
         dict(pgd20=pgd_attack(eps=eps_ref(c), step_size=0.01, num_steps=20))
     )

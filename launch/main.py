@@ -187,7 +187,13 @@ def _headline(section) -> dict:
     if not isinstance(section, dict):
         return {"result": section}
     keys = [k for k, v in section.items() if isinstance(v, (int, float, str))]
-    return {k: section[k] for k in keys[:20]}
+    out = {k: section[k] for k in keys[:20]}
+    full = section.get("full_test_set")
+    if isinstance(full, dict):
+        out["full_test_set"] = {
+            k: full[k] for k in ("num_examples", "clean_accuracy", "robust_accuracy") if k in full
+        }
+    return out
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import blob_images, tiny_config
 
-from advjax import checkpoints, configlib, runs
+from advjax import checkpoints, configlib, evaluation, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", ADVJAX_PROGRESS="0")
@@ -80,6 +80,44 @@ def test_validation_messages_name_key_value_and_allowed():
     c.train.optimizer.schedule = "exp"
     with pytest.raises(configlib.ConfigError, match="train.optimizer.schedule"):
         configlib.validate(c)
+    c = configlib.load_config("configs/mnist_fast.py:smoke")
+    c.eval.full_test_set_attacks = ("pgd40",)
+    with pytest.raises(
+        configlib.ConfigError, match=r"eval.full_test_set_attacks.*pgd40.*names of eval.attacks"
+    ):
+        configlib.validate(c)
+
+
+def test_full_test_set_attacks_cover_every_example_and_agree_with_the_subset(tmp_path):
+    # The subset's attacks on the first 64 of 128 test images, PGD also on all 128. PGD
+    # without a random start on a deterministic model: each example's outcome depends on
+    # that example alone, so the whole set's counts are the subset's plus those of the
+    # other 64 evaluated apart.
+    config = tiny_config(num_epochs=1.0)
+    pgd = dict(name="pgd", eps=0.05, step_size=0.02, num_steps=5, random_start=False)
+    config.eval.attacks = ml_collections.ConfigDict(dict(pgd=pgd))
+    config.eval.full_test_set_attacks = ("pgd",)
+    dataset = blob_images()
+    workdir = str(tmp_path / "run")
+    report = runs.train_and_evaluate(config, workdir, dataset=dataset)["eval"]
+    full = report["full_test_set"]
+    assert (report["num_examples"], full["num_examples"]) == (64, 128)
+    assert list(full["attacks"]) == ["pgd"] and full["sanity_passed"] is None
+    rest_config = ml_collections.ConfigDict(config.eval.to_dict())
+    rest_config.num_examples = 0
+    rest = evaluation.evaluate(
+        rest_config,
+        runs.load_trained(workdir).model,
+        dataset.test_x[64:],
+        dataset.test_y[64:],
+        key=jax.random.key(0),
+    )
+    for k in ("clean_accuracy", "robust_accuracy"):
+        assert 128 * full[k] == pytest.approx(64 * report[k] + 64 * rest[k])
+    assert 0 < full["robust_accuracy"] < full["clean_accuracy"]
+    # Nothing to add when the subset is the whole set.
+    config.eval.num_examples = 0
+    assert runs.full_test_set_config(config.eval, 128) is None
 
 
 def test_checkpoint_round_trip_and_clear_errors(tmp_path):
