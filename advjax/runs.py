@@ -152,24 +152,10 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
 
     if model.info.num_classes == 1:
         return _evaluate_regression(config, model, dataset)
-    section = evaluation.evaluate(
-        config.eval,
-        model.model,
-        dataset.test_x,
-        dataset.test_y,
-        key=jax.random.fold_in(jax.random.key(config.seed), 7),
-        bounds=tuple(dataset.info.bounds),
-        state_dir=os.path.join(workdir, EVAL_STATE),
-    )
-    full = full_test_set_config(config.eval, len(dataset.test_y))
-    if full is not None:
-        training.print_main(
-            f"{workdir}: {', '.join(full.attacks.keys())} again on the whole test set "
-            f"({len(dataset.test_y)} examples; the evaluation above used the first "
-            f"{section['num_examples']})."
-        )
-        section["full_test_set"] = evaluation.evaluate(
-            full,
+
+    def run(eval_config) -> dict:
+        return evaluation.evaluate(
+            eval_config,
             model.model,
             dataset.test_x,
             dataset.test_y,
@@ -177,6 +163,16 @@ def evaluate_model(config, model: TrainedModel, dataset: data.Dataset, workdir: 
             bounds=tuple(dataset.info.bounds),
             state_dir=os.path.join(workdir, EVAL_STATE),
         )
+
+    section = run(config.eval)
+    full = full_test_set_config(config.eval, len(dataset.test_y))
+    if full is not None:
+        training.print_main(
+            f"{workdir}: {', '.join(full.attacks.keys())} again on the whole test set "
+            f"({len(dataset.test_y)} examples; the evaluation above used the first "
+            f"{section['num_examples']})."
+        )
+        section["full_test_set"] = run(full)
     if config.eval.eps_grid and section.get("eps_sweep"):
         path = os.path.join(workdir, "figures", "robust_accuracy_vs_eps.png")
         if distributed.is_main():
