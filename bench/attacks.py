@@ -67,33 +67,23 @@ def build_flax(name: str):
 
 
 def use_flax_layers() -> None:
-    """Builds the CNNs with flax's own convolution and max-pool (the earlier layers)."""
+    """Builds the CNNs with JAX's own convolution derivatives and flax's max-pool
+    (select-and-scatter gradient), the layers before `advjax.models.layers`: its `Conv`
+    (same variables and values) then calls these in place of its own."""
     import flax.linen as nn
     from jax import lax
 
-    from advjax.models import cnn, layers
+    from advjax.models import layers
 
-    class Conv(layers.Conv):  # the class name makes the variable names (Conv_0, ...)
-        """`layers.Conv`'s variables and values with JAX's own convolution derivatives and
-        flax's max-pool (select-and-scatter gradient)."""
+    def conv2d(x, kernel, *, strides=1, padding="SAME"):
+        strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+        pads = layers.resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+        return lax.conv_general_dilated(
+            x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
-        @nn.compact
-        def __call__(self, x):
-            kernel = self.param(
-                "kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features)
-            )
-            strides = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides
-            pads = layers.resolve_padding(self.padding, x.shape[1:3], self.kernel_size, strides)
-            y = lax.conv_general_dilated(
-                x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            if self.pool_window is not None:
-                y = nn.max_pool(y, tuple(self.pool_window), strides=tuple(self.pool_window))
-            if self.use_bias:
-                y = y + self.param("bias", self.bias_init, (self.features,))
-            return y
-
-    cnn.Conv = Conv
+    layers.conv2d = conv2d
+    layers.max_pool = lambda x, window: nn.max_pool(x, tuple(window), strides=tuple(window))
 
 
 def adversarially_trained(name: str, data, *, steps: int, batch: int = 128, seed: int = 0):

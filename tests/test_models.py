@@ -82,8 +82,6 @@ def test_unknown_model_and_field_are_named():
         build("mlp", MNIST, hidden_units=3)
 
 
-# The modules built on advjax.models.layers; models elsewhere (imported architectures)
-# keep their own layers.
 class PublishedMadryCNN(nn.Module):
     """Madry et al.'s MNIST network in the published order, with flax's own layers."""
 
@@ -100,6 +98,8 @@ class PublishedMadryCNN(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=w_init, bias_init=b_init)(x)
 
 
+# The modules built on advjax.models.layers; models elsewhere (imported architectures)
+# keep their own layers.
 OWN_MODULES = ("advjax.models.cnn", "advjax.models.resnet", "advjax.models.simple")
 
 
