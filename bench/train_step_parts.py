@@ -11,7 +11,9 @@ the step; torch: eager, like the step):
   backward pass of what a training step needs (the parameter gradients, plus the input
   gradient for every layer but the first). The backward share is the difference;
 * the Adam update of all 3,274,634 parameters (optax.adam against torch.optim.Adam);
-* the whole step, for comparison with the sum of the parts.
+* the whole step, for comparison with the sum of the parts (here ``--reps`` calls on
+  the first batch per round; `train_step.py`, the benchmark of record for the whole
+  step, times 20 steps on fresh batches per round).
 
 Each layer gets the activation the network feeds it (the first batch's, transposed to
 NCHW for torch) and an output cotangent of the same values on both sides. Parts run in
@@ -97,6 +99,17 @@ def torch_parts(net):
     }
 
 
+def timed_loop(fn, args, reps: int):
+    """``reps`` calls of the compiled ``fn(*args)``, waited for."""
+
+    def run():
+        for _ in range(reps):
+            out = fn(*args)
+        return jax.block_until_ready(out)
+
+    return run
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=128)
@@ -126,7 +139,8 @@ def main(argv=None):
     for name in fparts:
         f, p, needs_dx = fparts[name]
         tf, tmod, _ = tparts[name]
-        out_j = jit(f)(p, x_j)
+        fwd_j = jit(f)
+        out_j = fwd_j(p, x_j)
         with torch.no_grad():
             out_t = tf(x_t)
         # The same cotangent on both sides (NHWC / NCHW).
@@ -134,15 +148,14 @@ def main(argv=None):
         ct_j = jnp.asarray(ct)
         ct_t = torch.from_numpy(nchw(ct))
         checks[name] = float(np.abs(nchw(np.asarray(out_j)) - out_t.numpy()).max())
-        fwd_j = jit(f)
 
         def fwd_bwd(p, x, ct, f=f, needs_dx=needs_dx):
-            out, vjp = jax.vjp(f, p, x)
+            _, vjp = jax.vjp(f, p, x)
             grads = vjp(ct)
             return grads if needs_dx else grads[0]
 
         fb_j = jit(fwd_bwd)
-        jax.block_until_ready((fwd_j(p, x_j), fb_j(p, x_j, ct_j)))  # compile
+        jax.block_until_ready(fb_j(p, x_j, ct_j))  # compile
         xt_req = x_t.clone().requires_grad_(needs_dx)
         wanted = [*tmod.parameters()] + ([xt_req] if needs_dx else [])
 
@@ -157,20 +170,11 @@ def main(argv=None):
                 out = torch.autograd.grad(tf(x), wanted, ct)
             return out
 
-        def j_loop(fn, *a):
-            def run():
-                for _ in range(args.reps):
-                    out = fn(*a)
-                return jax.block_until_ready(out)
-
-            return run
-
-        runs[f"{name} forward/advjax"] = j_loop(fwd_j, p, x_j)
+        runs[f"{name} forward/advjax"] = timed_loop(fwd_j, (p, x_j), args.reps)
         runs[f"{name} forward/torch"] = t_fwd
-        runs[f"{name} forward+backward/advjax"] = j_loop(fb_j, p, x_j, ct_j)
+        runs[f"{name} forward+backward/advjax"] = timed_loop(fb_j, (p, x_j, ct_j), args.reps)
         runs[f"{name} forward+backward/torch"] = t_fb
-        x_j = out_j
-        x_t = out_t
+        x_j, x_t = out_j, out_t
 
     # Adam on every parameter, with gradients of the parameters' size.
     opt = optax.adam(1e-3)
