@@ -6,8 +6,8 @@ batch 128. This script times its parts on the same weights and the same inputs, 
 part as its own program (advjax: one function compiled with `advjax.compile.jit`, like
 the step; torch: eager, like the step):
 
-* per layer (conv1 with its pool, bias and ReLU; conv2 likewise; fc1 with its ReLU; fc2
-  with the cross-entropy): the forward pass alone, and the forward pass with the
+* per layer (conv1 with its pool, bias and ReLU; conv2 likewise; fc1 with its ReLU; the
+  fc2 logits): the forward pass alone, and the forward pass with the
   backward pass of what a training step needs (the parameter gradients, plus the input
   gradient for every layer but the first). The backward share is the difference;
 * the Adam update of all 3,274,634 parameters (optax.adam against torch.optim.Adam);
@@ -18,12 +18,14 @@ the step; torch: eager, like the step):
 Each layer gets the activation the network feeds it (the first batch's, transposed to
 NCHW for torch) and an output cotangent of the same values on both sides. Parts run in
 interleaved rounds after a short rest (`attacks.settle`); reported are medians and
-ratios (advjax over torch: below 1 means advjax is faster). A part timed alone can take
-less time than inside the step (there XLA runs independent parts concurrently on the
-same cores, and fuses differently), so the parts locate the difference; the whole step
-is what `train_step.py` reports. Nothing is set in the environment.
+ratios (advjax over torch: below 1 means advjax is faster), and apart from them the
+compile time of each advjax program and each side's peak memory growth. A part timed
+alone can take less time than inside the step (there XLA runs independent parts
+concurrently on the same cores, and fuses differently), so the parts locate the
+difference; the whole step is what `train_step.py` reports. Nothing is set in the
+environment.
 
-Run: ``.venv/bin/python bench/train_step_parts.py [--quick] [--out FILE]``.
+Run: ``.venv/bin/python bench/train_step_parts.py [--rounds N] [--quick] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +113,15 @@ def timed_loop(fn, args, reps: int):
     return run
 
 
+def compiled(fn, args, compile_s: dict, key: str):
+    """``fn`` (an `advjax.compile.jit` function) compiled for ``args``; the seconds it took
+    go to ``compile_s[key]``."""
+    t0 = time.perf_counter()
+    out = fn.lower(*args).compile()
+    compile_s[key] = round(time.perf_counter() - t0, 2)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=128)
@@ -134,12 +146,12 @@ def main(argv=None):
     fparts, tparts = flax_parts(params), torch_parts(net)
     rng = np.random.default_rng(1)
 
-    runs, checks = {}, {}
+    runs, checks, compile_s = {}, {}, {}
     x_j, x_t = jnp.asarray(x0), torch.from_numpy(nchw(x0))
     for name in fparts:
         f, p, needs_dx = fparts[name]
         tf, tmod, _ = tparts[name]
-        fwd_j = jit(f)
+        fwd_j = compiled(jit(f), (p, x_j), compile_s, f"{name} forward")
         out_j = fwd_j(p, x_j)
         with torch.no_grad():
             out_t = tf(x_t)
@@ -154,8 +166,7 @@ def main(argv=None):
             grads = vjp(ct)
             return grads if needs_dx else grads[0]
 
-        fb_j = jit(fwd_bwd)
-        jax.block_until_ready(fb_j(p, x_j, ct_j))  # compile
+        fb_j = compiled(jit(fwd_bwd), (p, x_j, ct_j), compile_s, f"{name} forward+backward")
         xt_req = x_t.clone().requires_grad_(needs_dx)
         wanted = [*tmod.parameters()] + ([xt_req] if needs_dx else [])
 
@@ -185,8 +196,9 @@ def main(argv=None):
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    adam_j = jit(adam_update, donate_argnums=(0, 1))
-    adam_state["p"], adam_state["s"] = adam_j(adam_state["p"], adam_state["s"], grads)
+    adam_args = (adam_state["p"], adam_state["s"], grads)
+    adam_j = compiled(jit(adam_update, donate_argnums=(0, 1)), adam_args, compile_s, "Adam update")
+    adam_state["p"], adam_state["s"] = adam_j(*adam_args)
     t_opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     for q in net.parameters():
         q.grad = torch.randn_like(q)
@@ -204,11 +216,12 @@ def main(argv=None):
     runs["Adam update/advjax"], runs["Adam update/torch"] = j_adam, t_adam
 
     # The whole step (as bench/train_step.py compiles it).
-    step = flax_step(module, opt)
     whole = {"v": jax.tree.map(jnp.array, variables)}
     whole["s"] = opt.init(whole["v"])
     xb, yb = jnp.asarray(x0), jnp.asarray(y0)
-    whole["v"], whole["s"], _ = step(whole["v"], whole["s"], xb, yb)
+    step_args = (whole["v"], whole["s"], xb, yb)
+    step = compiled(flax_step(module, opt), step_args, compile_s, "whole step")
+    whole["v"], whole["s"], _ = step(*step_args)
     t_net = torch_model("madry_cnn", variables, torch.device("cpu")).train()
     t_step_opt = torch.optim.Adam(t_net.parameters(), lr=1e-3)
     xt0 = torch.from_numpy(nchw(x0))
@@ -229,12 +242,17 @@ def main(argv=None):
 
     runs["whole step/advjax"], runs["whole step/torch"] = j_step, t_step
 
-    times, _, _ = interleaved(runs, args.rounds, "cpu")
+    times, _, memory = interleaved(runs, args.rounds, "cpu")
     # Per call; the first round (memory measured, caches cold) is left out.
     ms = {k: 1e3 * statistics.median(v[1:] or v) / args.reps for k, v in times.items()}
     parts = {}
     for key in dict.fromkeys(k.split("/")[0] for k in ms):
         parts[key] = row(ms[f"{key}/advjax"], ms[f"{key}/torch"])
+        parts[key]["advjax_compile_s"] = compile_s[key]
+        # Peak RSS growth in the first round (`attacks.PeakRSS`).
+        parts[key]["peak_rss_growth_mb"] = {
+            side: round(memory[f"{key}/{side}"], 1) for side in ("advjax", "torch")
+        }
     for name in fparts:
         fwd, fb = f"{name} forward", f"{name} forward+backward"
         parts[f"{name} backward (difference)"] = row(
