@@ -258,8 +258,8 @@ def main(argv=None):
         parts[f"{name} backward (difference)"] = row(
             ms[f"{fb}/advjax"] - ms[f"{fwd}/advjax"], ms[f"{fb}/torch"] - ms[f"{fwd}/torch"]
         )
-    whole = ("Adam update", *(f"{n} forward+backward" for n in fparts))
-    summed = row(*(sum(ms[f"{k}/{side}"] for k in whole) for side in ("advjax", "torch")))
+    step_parts = ("Adam update", *(f"{n} forward+backward" for n in fparts))
+    summed = row(*(sum(ms[f"{k}/{side}"] for k in step_parts) for side in ("advjax", "torch")))
     result = {
         "machine": {
             "platform": platform.platform(),
