@@ -19,6 +19,7 @@ ANALYSES = Registry(
         "tradeoff_visuals": "advjax.experiments.tradeoff_visuals:run",
         "small_data": "advjax.experiments.small_data:run",
         "interactions": "advjax.experiments.interactions:run",
+        "black_box_gap": "advjax.experiments.black_box_gap:run",
         "information": "advjax.experiments.information:run",
         "interpretability": "advjax.experiments.interpretability:run",
         "spurious": "advjax.experiments.spurious:run",
