@@ -1017,7 +1017,8 @@ def _black_box_check(cfg, built, report, per_attack_correct, small, run_attack, 
         "fraction of examples fooled by a black-box attack but robust to every white-box "
         "attack at the same threat model",
         "gradient masking: white-box gradients are uninformative (try BPDA/EOT, margin "
-        "loss); quote the worst case that includes the black-box attack",
+        "loss, more restarts; --mode analyze with configs/black_box_gap.py shows where the "
+        "white-box attacks stall); quote the worst case that includes the black-box attack",
     )
 
 
