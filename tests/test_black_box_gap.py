@@ -200,3 +200,11 @@ def test_bad_settings_fail_before_any_compute(override, message):
         c.analysis[k] = v
     with pytest.raises((ValueError, configlib.ConfigError), match=message):
         configlib.validate(c)
+
+
+def test_an_ensemble_without_white_box_components_before_square_is_refused():
+    c = configlib.load_config("configs/black_box_gap.py:smoke")
+    model_config = bbg._model_config(c.analysis)
+    model_config.eval.attacks.ensemble.attacks = ("square", "apgd_ce")
+    with pytest.raises(ValueError, match="needs a black-box component after white-box ones"):
+        bbg._ensemble(c.analysis, model_config)

@@ -98,10 +98,10 @@ def _ensemble(a: ml_collections.ConfigDict, model_config) -> Attack:
         )
     ensemble = ATTACKS.get("ensemble")(cfg)
     kinds = [c.kind for c in ensemble.components]
-    if "black_box" not in kinds or "white_box" not in kinds:
+    if "black_box" not in kinds or "white_box" not in kinds[: kinds.index("black_box")]:
         raise ValueError(
             f"config key 'analysis.ensemble': eval.attacks.{a.ensemble} of {a.model.config} "
-            f"needs white-box components and a black-box one, has {kinds}"
+            f"needs a black-box component after white-box ones, has {kinds}"
         )
     return ensemble
 
