@@ -196,7 +196,7 @@ def _example_keys(key: jax.Array, idx: np.ndarray) -> jax.Array:
 def run_components(
     ensemble: Attack, model: Model, x: np.ndarray, y: np.ndarray, key: jax.Array, *,
     bounds, batch_size: int, pbar=None,
-) -> tuple[np.ndarray, list[dict]]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:  # fmt: skip
     """The ensemble's components in order, each on the points still robust.
 
     Returns the clean margins, the clean-correct mask and, per component, ``{"name",
@@ -247,8 +247,9 @@ def white_box_best_margin(stages: list[dict], idx: np.ndarray) -> np.ndarray:
 def stronger_stage(
     model: Model, x, y, key, eps: float, restarts, *, bounds, batch_size: int
 ) -> dict:
-    """For each restart count R: which points APGD-CE or APGD-DLR with R restarts fools
-    (restart r of every run uses the same key, so a larger R only adds restarts)."""
+    """For each restart count R: which points APGD-CE or APGD-DLR with R restarts fools,
+    and the lowest margin either reached. For R >= 2 restart r draws the same key in
+    every run, so a larger R only adds restarts (a single run draws its own key)."""
     out = {}
     for r in restarts:
         fooled = np.zeros(len(x), bool)
