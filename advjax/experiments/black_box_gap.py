@@ -288,27 +288,19 @@ def _summary(v: np.ndarray) -> dict:
 
 
 def _figures(fig_dir, wb_all, wb_gap, seg, ts, x, delta, grad_sign, num_shown) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plots.plt.subplots(figsize=(5.5, 3.8))
     top = max(float(np.max(wb_all, initial=1.0)), 1.0)
     bins = np.linspace(0.0, min(top, 10.0), 41)
-    ax.hist(
-        np.clip(wb_all, 0, bins[-1]), bins=bins, alpha=0.6, label="robust after the white-box stage"
-    )
-    ax.hist(
-        np.clip(wb_gap, 0, bins[-1]),
-        bins=bins,
-        alpha=0.9,
-        label="fooled by the black-box attack only",
-    )
+    for values, alpha, label in (
+        (wb_all, 0.6, "robust after the white-box stage"),
+        (wb_gap, 0.9, "fooled by the black-box attack only"),
+    ):
+        ax.hist(np.clip(values, 0, bins[-1]), bins=bins, alpha=alpha, label=label)
     ax.set_xlabel("lowest margin the white-box attacks reached (z_y - max other)")
     ax.set_ylabel("points")
-    ax.set_yscale("log")
+    if len(wb_all):
+        ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     paths.append(plots.save(fig, os.path.join(fig_dir, "margins.png")))
