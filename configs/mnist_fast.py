@@ -37,18 +37,19 @@ worst-case logits over the training ball (weight 0.01: 1.4%, 96.4% clean, 87.9% 
 with 47% of training points verified; at radius 0.3 eps and weight 0.1: 2.2%), or EMA
 0.999 (1.2%, 87.1% robust), or TRADES (beta 3, 10 KL steps: 1.2%, 98.0% clean, 89.0%
 robust), or the worst of 2 PGD-5 restarts (1.9%), or APGD-CE with 10 steps as the inner
-maximisation (2.0%, 87.8% robust), or the margin loss in the training PGD (1.5%): the
-gap moves between 0.8% and 2.2% from one such change to the next, without a trend that
-reaches 0.2%, and the two changes that reached 0.8% left robust accuracy below 88%.
-``configs/black_box_gap.py`` measures why (README, "Results measured here"): the points
-Square alone fools are points near the decision boundary on which APGD stalls just short
-of it (lowest white-box margin 0.01-0.71 against a median of 4.55 over all robust
-points), Square's points are barely across it, the margin falls monotonically on the
-straight path to them, and at x about 60% of the input coordinates (the background) have
-a zero gradient, so sign steps never move them while Square sets whole windows of them
-to +-eps. APGD-CE or APGD-DLR with 20 restarts fool 10 of the 15; earlier, on the model
-without the average, PGD-100 started halfway along Square's perturbation fooled a third
-of them, and on this recipe's model FAB-T (9 targets) 1 of 16.
+maximisation (2.0%, 87.8% robust), or the margin loss in the training PGD (1.5%), or
+MART (beta 5: 1.8%, 98.4% clean, 89.7% robust): the gap moves between 0.8% and 2.2% from
+one such change to the next, without a trend that reaches 0.2%, and the two changes that
+reached 0.8% left robust accuracy below 88%. ``configs/black_box_gap.py`` measures why
+(README, "Results measured here"): the points Square alone fools are points near the
+decision boundary on which APGD stalls just short of it (lowest white-box margin
+0.01-0.71 against a median of 4.55 over all robust points), Square's points are barely
+across it, the margin falls monotonically on the straight path to them, and at x about
+60% of the input coordinates (the background) have a zero gradient, so sign steps never
+move them while Square sets whole windows of them to +-eps. APGD-CE or APGD-DLR with 20
+restarts fool 10 of the 15; earlier, on the model without the average, PGD-100 started
+halfway along Square's perturbation fooled a third of them, and on this recipe's model
+FAB-T (9 targets) 1 of 16.
 
 Arguments: ``smoke`` (seconds).
 """
