@@ -208,3 +208,14 @@ def test_an_ensemble_without_white_box_components_before_square_is_refused():
     model_config.eval.attacks.ensemble.attacks = ("square", "apgd_ce")
     with pytest.raises(ValueError, match="needs a black-box component after white-box ones"):
         bbg._ensemble(c.analysis, model_config)
+
+
+def test_white_box_best_margin_is_the_minimum_over_white_box_stages_only():
+    stages = [
+        dict(kind="white_box", idx=np.array([0, 1, 2, 3]), margin=np.array([3.0, 1.0, 2.0, 5.0])),
+        dict(kind="white_box", idx=np.array([0, 2, 3]), margin=np.array([4.0, 0.5, 6.0])),
+        dict(kind="black_box", idx=np.array([0, 3]), margin=np.array([-1.0, -2.0])),
+    ]
+    got = bbg.white_box_best_margin(stages, np.array([3, 0, 2, 4]), 5)
+    # Brute force: point 4 was never attacked; black-box margins do not count.
+    np.testing.assert_array_equal(got, [5.0, 3.0, 0.5, np.inf])

@@ -231,17 +231,14 @@ def run_components(
     return clean_margin, correct, stages
 
 
-def white_box_best_margin(stages: list[dict], idx: np.ndarray) -> np.ndarray:
-    """Per point of ``idx``: the lowest margin any white-box stage reached there."""
-    best = np.full(len(idx), np.inf, np.float32)
+def white_box_best_margin(stages: list[dict], idx: np.ndarray, n: int) -> np.ndarray:
+    """Per point of ``idx`` (indices into the ``n`` evaluated points): the lowest margin
+    any white-box stage reached there (inf where none ran)."""
+    best = np.full(n, np.inf, np.float32)
     for s in stages:
-        if s["kind"] != "white_box":
-            continue
-        pos = {int(i): k for k, i in enumerate(s["idx"])}
-        for k, i in enumerate(idx):
-            if int(i) in pos:
-                best[k] = min(best[k], float(s["margin"][pos[int(i)]]))
-    return best
+        if s["kind"] == "white_box":
+            np.minimum.at(best, s["idx"], s["margin"])
+    return best[idx]
 
 
 def stronger_stage(
@@ -346,8 +343,8 @@ def analyse(
     gap_idx = black["idx"][black["fooled"]]
     x_black, black_margin = black["x_adv"][black["fooled"]], black["margin"][black["fooled"]]
     after_white = black["idx"]  # the points the white-box stages before it leave robust
-    wb_all = white_box_best_margin(stages, after_white)
-    wb_gap = white_box_best_margin(stages, gap_idx)
+    wb_all = white_box_best_margin(stages, after_white, n)
+    wb_gap = white_box_best_margin(stages, gap_idx, n)
 
     ts = np.linspace(0.0, 1.0, int(a.segment_points))
     seg = np.zeros((0, len(ts)), np.float32)
