@@ -48,24 +48,12 @@ from advjax.experiments import AnalysisError, kit
 from advjax.models import Model
 from advjax.progress import progress_bar
 
-REPO = kit.REPO
-
-
-def _check(cond: bool, key: str, value, allowed: str) -> None:
-    if not cond:
-        raise ValueError(f"config key 'analysis.{key}': got {value!r}; {allowed}")
+_check = kit.check
 
 
 def validate_analysis(a: ml_collections.ConfigDict) -> None:
     """The ``config.analysis`` section, before any compute."""
-    spec = a.model.config
-    path = spec.partition(":")[0]
-    _check(
-        os.path.exists(path) or os.path.exists(os.path.join(REPO, path)),
-        "model.config",
-        spec,
-        "no such config file",
-    )
+    kit.check_config_file(a.model.config, "model.config")
     _check(int(a.num_examples) >= 1, "num_examples", a.num_examples, "must be >= 1")
     _check(int(a.batch_size) >= 1, "batch_size", a.batch_size, "must be >= 1")
     _check(int(a.segment_points) >= 2, "segment_points", a.segment_points, "must be >= 2")

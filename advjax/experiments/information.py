@@ -79,9 +79,7 @@ def curve_keys(analysis: ml_collections.ConfigDict) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------
 
 
-def _check(cond: bool, key: str, value, allowed: str) -> None:
-    if not cond:
-        raise ValueError(f"config key 'analysis.{key}': got {value!r}; {allowed}")
+_check = kit.check
 
 
 def validate_analysis(a: ml_collections.ConfigDict) -> None:

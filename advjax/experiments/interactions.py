@@ -45,7 +45,6 @@ from advjax.experiments import AnalysisError, kit
 from advjax.models import as_model
 from advjax.progress import progress_bar
 
-REPO = kit.REPO
 PAIR_KINDS = ("neighbour", "random")
 # Whose output is the game value: the true class (reference --out_type GT) or the class the
 # model predicts on x_adv (--out_type Target), for both x and x_adv.
@@ -57,9 +56,7 @@ LABELS = ("true", "adv_prediction")
 # ---------------------------------------------------------------------------------------------
 
 
-def _check(cond: bool, key: str, value, allowed: str) -> None:
-    if not cond:
-        raise ValueError(f"config key 'analysis.{key}': got {value!r}; {allowed}")
+_check = kit.check
 
 
 def validate_analysis(a: ml_collections.ConfigDict) -> None:
@@ -91,14 +88,7 @@ def validate_analysis(a: ml_collections.ConfigDict) -> None:
         "need exactly 'standard' and 'robust'",
     )
     for name in ("standard", "robust"):
-        spec = a.models[name].config
-        path = spec.partition(":")[0]
-        _check(
-            os.path.exists(path) or os.path.exists(os.path.join(REPO, path)),
-            f"models.{name}.config",
-            spec,
-            "no such config file",
-        )
+        kit.check_config_file(a.models[name].config, f"models.{name}.config")
     if a.exact_grid:
         _check(
             a.exact_grid[0] * a.exact_grid[1] <= 12,

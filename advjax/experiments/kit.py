@@ -32,6 +32,25 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check(cond: bool, key: str, value, allowed: str) -> None:
+    """Raises ``ValueError("config key 'analysis.<key>': got <value>; <allowed>")``
+    unless ``cond``: the analyses' settings checks, before any compute."""
+    if not cond:
+        raise ValueError(f"config key 'analysis.{key}': got {value!r}; {allowed}")
+
+
+def check_config_file(spec: str, key: str) -> None:
+    """`check` that the config file of ``spec`` ("configs/<file>.py[:arg]", relative to
+    the working directory or the repository root) exists."""
+    path = spec.partition(":")[0]
+    check(
+        os.path.exists(path) or os.path.exists(os.path.join(REPO, path)),
+        key,
+        spec,
+        "no such config file",
+    )
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, *, prefix: str) -> None:
     """Sets existing keys only, so a misspelt override fails instead of adding a key."""
     for key, value in overrides.items():
