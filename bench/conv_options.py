@@ -1,0 +1,221 @@
+"""Benchmark: the Madry CNN's second convolution under each XLA:CPU library option of the
+installed jaxlib, against PyTorch (oneDNN) on the same inputs.
+
+The Madry CNN's training step is slower than PyTorch's on a CPU, and
+`bench/train_step_parts.py` puts the difference in its second convolution (5x5, 32 to
+64 channels, on 14x14 maps). XLA:CPU can hand operations to libraries through compile
+options; advjax sets one of them (`advjax.compile.CPU_OPTIONS`: YNNPACK for matrix
+products, which also changes how convolutions lower). This script asks whether another
+option of the installed jaxlib runs that convolution faster.
+
+For every option set below it compiles three programs with ``jax.jit(...,
+compiler_options=...)`` on batch 128 (the training step's batch):
+
+* ``forward``: the convolution, SAME padding, NHWC/HWIO;
+* ``input gradient``: `advjax.models.layers.conv_input_gradient` (a plain convolution
+  of the output cotangent with the flipped, channel-swapped kernel);
+* ``kernel gradient``: the kernel's cotangent through `advjax.models.layers.conv2d`.
+
+PyTorch runs ``conv2d``, ``conv2d_input`` and ``conv2d_weight`` on the same arrays
+(NCHW). Each program's largest difference from the program compiled without options
+(relative to its largest value) is reported too: a difference shows that another
+kernel ran (0.0 says XLA:CPU ran the same code, whatever the option). An option set
+the installed jaxlib rejects is reported with jaxlib's message. Programs run in
+interleaved rounds after a short rest (`attacks.settle`); reported are medians (the
+first round left out) and ratios to torch (below 1: faster than torch). Nothing is
+set in the environment.
+
+Run: ``.venv/bin/python bench/conv_options.py [--rounds N] [--quick] [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from attacks import RESULTS, interleaved  # noqa: E402
+
+from advjax.compile import CPU_OPTIONS  # noqa: E402
+from advjax.models import layers  # noqa: E402
+
+_LIB = "xla_cpu_experimental_{}_fusion_type"
+_CONV = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+
+# Name -> compile options. "advjax default" is what every advjax program gets on a CPU.
+OPTION_SETS: dict[str, dict] = {
+    "none": {},
+    "advjax default (YNNPACK dot)": dict(CPU_OPTIONS),
+    "YNNPACK convolution": {_LIB.format("ynn"): _CONV},
+    "YNNPACK dot + convolution": {_LIB.format("ynn"): "LIBRARY_FUSION_TYPE_DOT," + _CONV},
+    "XNNPACK convolution": {"xla_cpu_use_xnnpack": True, _LIB.format("xnn"): _CONV},
+    "oneDNN": {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_custom_call": True},
+    "oneDNN convolution": {"xla_cpu_use_onednn": True, _LIB.format("onednn"): _CONV},
+}
+
+PADS = ((2, 2), (2, 2))
+
+
+def programs():
+    """The three jax functions timed, by name."""
+
+    def forward(x, k):
+        return layers.conv2d(x, k, padding="SAME")
+
+    def input_gradient(g, k):
+        return layers.conv_input_gradient(g, k, (14, 14), (1, 1), PADS)
+
+    def kernel_gradient(x, k, g):
+        return jax.vjp(lambda kk: layers.conv2d(x, kk, padding="SAME"), k)[1](g)[0]
+
+    return {
+        "forward": forward,
+        "input gradient": input_gradient,
+        "kernel gradient": kernel_gradient,
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=10, help="calls per timed round")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.reps, args.rounds = 2, 2
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch, 14, 14, 32)).astype(np.float32)
+    k = (0.05 * rng.normal(size=(5, 5, 32, 64))).astype(np.float32)
+    g = rng.normal(size=(args.batch, 14, 14, 64)).astype(np.float32)
+    xj, kj, gj = jnp.asarray(x), jnp.asarray(k), jnp.asarray(g)
+    inputs = {"forward": (xj, kj), "input gradient": (gj, kj), "kernel gradient": (xj, kj, gj)}
+
+    runs, compile_s, rejected, difference, reference = {}, {}, {}, {}, {}
+    for opt_name, options in OPTION_SETS.items():
+        for prog, fn in programs().items():
+            key = f"{prog}/{opt_name}"
+            t0 = time.perf_counter()
+            try:
+                compiled = jax.jit(fn, compiler_options=options).lower(*inputs[prog]).compile()
+            except Exception as e:  # jaxlib without the option: report its message
+                rejected[opt_name] = str(e).splitlines()[0][:300]
+                break
+            compile_s[key] = round(time.perf_counter() - t0, 2)
+            out = np.asarray(compiled(*inputs[prog]))
+            reference.setdefault(prog, out)
+            scale = np.abs(reference[prog]).max()
+            difference[key] = float(np.abs(out - reference[prog]).max() / scale)
+
+            def run(c=compiled, a=inputs[prog]):
+                for _ in range(args.reps):
+                    out = c(*a)
+                return jax.block_until_ready(out)
+
+            runs[key] = run
+
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    kt = torch.from_numpy(k).permute(3, 2, 0, 1).contiguous()
+    gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous()
+    torch_fns = {
+        "forward": lambda: F.conv2d(xt, kt, padding=2),
+        "input gradient": lambda: torch.nn.grad.conv2d_input(xt.shape, kt, gt, padding=2),
+        "kernel gradient": lambda: torch.nn.grad.conv2d_weight(xt, kt.shape, gt, padding=2),
+    }
+    torch_check = {
+        "forward": lambda o: o.permute(0, 2, 3, 1),
+        "input gradient": lambda o: o.permute(0, 2, 3, 1),
+        "kernel gradient": lambda o: o.permute(2, 3, 1, 0),
+    }
+    torch_difference = {}
+    with torch.no_grad():
+        for prog, fn in torch_fns.items():
+            got = torch_check[prog](fn()).numpy()
+            torch_difference[prog] = float(
+                np.abs(got - reference[prog]).max() / np.abs(reference[prog]).max()
+            )
+
+            def run(fn=fn):
+                with torch.no_grad():
+                    for _ in range(args.reps):
+                        out = fn()
+                return out
+
+            runs[f"{prog}/torch"] = run
+
+        times, _, _ = interleaved(runs, args.rounds, "cpu")
+    ms = {k: 1e3 * statistics.median(v[1:] or v) / args.reps for k, v in times.items()}
+
+    table = {}
+    for prog in programs():
+        torch_ms = ms[f"{prog}/torch"]
+        rows = {
+            "torch": {"ms": round(torch_ms, 2), "max_relative_difference": torch_difference[prog]}
+        }
+        for opt_name in OPTION_SETS:
+            key = f"{prog}/{opt_name}"
+            if key in ms:
+                rows[opt_name] = {
+                    "ms": round(ms[key], 2),
+                    "ratio_to_torch": round(ms[key] / torch_ms, 3),
+                    "max_relative_difference": difference[key],
+                    "compile_s": compile_s[key],
+                }
+        table[prog] = rows
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "jax": jax.__version__,
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "load_average_end": list(os.getloadavg()),
+        },
+        "setup": {
+            "layer": "madry_cnn conv2: 5x5, 32 -> 64 channels, 14x14 maps, SAME",
+            "batch": args.batch,
+            "calls_per_round": args.reps,
+            "rounds": args.rounds,
+            "median_over": "rounds after the first",
+            "ratio": "ms / torch ms (below 1: faster than torch)",
+            "max_relative_difference": "largest absolute difference over the largest "
+            "absolute value of the program compiled without options (torch: the same)",
+        },
+        "option_sets": OPTION_SETS,
+        "rejected_by_jaxlib": rejected,
+        "programs": table,
+    }
+    for prog, rows in table.items():
+        print(prog)
+        for name, v in rows.items():
+            ratio = f"ratio {v['ratio_to_torch']:.2f}" if "ratio_to_torch" in v else ""
+            diff = v["max_relative_difference"]
+            print(f"  {name:30s} {v['ms']:7.2f} ms  {ratio:12s} rel. diff {diff:.1e}")
+    for name, why in rejected.items():
+        print(f"rejected by jaxlib: {name}: {why}")
+    out = args.out or os.path.join(
+        RESULTS, "conv_options" + ("-quick" if args.quick else "") + ".json"
+    )
+    with open(out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
