@@ -238,6 +238,23 @@ def block(out):
 SETTLE_S = 0.5
 
 
+def machine_info(**extra) -> dict:
+    """The machine and library versions a result was measured with (every benchmark's
+    ``machine`` entry), plus ``extra`` entries."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "advjax_compile_options": options_status(),
+        **extra,
+    }
+
+
 def settle(device: str) -> None:
     """Waits for the device, then (on a CPU) lets the other side's threads go idle."""
     synchronize(device)
@@ -383,19 +400,12 @@ def main(argv=None):
     data = load_dataset(ml_collections.ConfigDict(
         {"name": "mnist", "num_train": 60000, "num_test": args.num_test, "seed": 0}))  # fmt: skip
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "device": str(jdev),
-            "jax": jax.__version__,
-            "torch": torch.__version__,
-            "torchattacks": torchattacks.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "advjax_compile_options": options_status(),
-            "layers": args.layers,
-            "load_average_start": list(os.getloadavg()),
-        },
+        "machine": machine_info(
+            device=str(jdev),
+            torchattacks=torchattacks.__version__,
+            layers=args.layers,
+            load_average_start=list(os.getloadavg()),
+        ),
         "setup": {
             "eps": EPS,
             "norm": "linf",

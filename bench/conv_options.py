@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,7 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attacks import RESULTS, interleaved  # noqa: E402
+from attacks import RESULTS, interleaved, machine_info  # noqa: E402
 
 from advjax.compile import CPU_OPTIONS  # noqa: E402
 from advjax.models import layers  # noqa: E402
@@ -178,15 +177,7 @@ def main(argv=None):
                 }
         table[prog] = rows
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "jax": jax.__version__,
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "load_average_end": list(os.getloadavg()),
-        },
+        "machine": machine_info(load_average_end=list(os.getloadavg())),
         "setup": {
             "layer": "madry_cnn conv2: 5x5, 32 -> 64 channels, 14x14 maps, SAME",
             "batch": args.batch,

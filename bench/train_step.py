@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,13 +39,14 @@ from attacks import (  # noqa: E402
     PeakRSS,
     build_flax,
     full_precision,
+    machine_info,
     settle,
     synchronize,
     torch_model,
 )
 
 from advjax import losses, models  # noqa: E402
-from advjax.compile import jit, options_status  # noqa: E402
+from advjax.compile import jit  # noqa: E402
 from advjax.data import load_dataset  # noqa: E402
 
 
@@ -110,18 +110,9 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     idx = rng.integers(0, data.train_x.shape[0], (n_batches, args.batch))
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "device": str(jdev),
-            "jax": jax.__version__,
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "advjax_compile_options": options_status(),
-            "layers": args.layers,
-            "load_average_start": list(os.getloadavg()),
-        },
+        "machine": machine_info(
+            device=str(jdev), layers=args.layers, load_average_start=list(os.getloadavg())
+        ),
         "setup": {
             "batch": args.batch,
             "step": "forward, cross-entropy, backward, Adam(1e-3) update",

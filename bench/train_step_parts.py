@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,11 +46,11 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attacks import MNIST, RESULTS, build_flax, interleaved, torch_model  # noqa: E402
+from attacks import MNIST, RESULTS, build_flax, interleaved, machine_info, torch_model  # noqa: E402
 from train_step import flax_step  # noqa: E402
 
 from advjax import models  # noqa: E402
-from advjax.compile import jit, options_status  # noqa: E402
+from advjax.compile import jit  # noqa: E402
 from advjax.data import load_dataset  # noqa: E402
 from advjax.models import layers  # noqa: E402
 
@@ -261,16 +260,7 @@ def main(argv=None):
     step_parts = ("Adam update", *(f"{n} forward+backward" for n in fparts))
     summed = row(*(sum(ms[f"{k}/{side}"] for k in step_parts) for side in ("advjax", "torch")))
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "jax": jax.__version__,
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "advjax_compile_options": options_status(),
-            "load_average_end": list(os.getloadavg()),
-        },
+        "machine": machine_info(load_average_end=list(os.getloadavg())),
         "setup": {
             "model": "madry_cnn",
             "batch": args.batch,
