@@ -255,6 +255,31 @@ def machine_info(**extra) -> dict:
     }
 
 
+def repeated_calls_args(doc: str, argv, *, quick_reps: int) -> argparse.Namespace:
+    """Flags of a benchmark that times ``--reps`` calls per round in ``--rounds``
+    interleaved rounds on batch ``--batch`` (``--quick``: ``quick_reps`` calls, 2 rounds),
+    writing to ``--out``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=10, help="calls per timed round")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.reps, args.rounds = quick_reps, 2
+    return args
+
+
+def write_result(result: dict, name: str, args) -> str:
+    """Writes ``result`` to ``args.out`` or ``bench/results/<name>[-quick].json``."""
+    out = args.out or os.path.join(RESULTS, name + ("-quick" if args.quick else "") + ".json")
+    with open(out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print("wrote", out)
+    return out
+
+
 def settle(device: str) -> None:
     """Waits for the device, then (on a CPU) lets the other side's threads go idle."""
     synchronize(device)

@@ -30,8 +30,6 @@ Run: ``.venv/bin/python bench/conv_options.py [--rounds N] [--quick] [--out FILE
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -44,7 +42,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attacks import RESULTS, interleaved, machine_info  # noqa: E402
+from attacks import interleaved, machine_info, repeated_calls_args, write_result  # noqa: E402
 
 from advjax.compile import CPU_OPTIONS  # noqa: E402
 from advjax.models import layers  # noqa: E402
@@ -86,15 +84,7 @@ def programs():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=10, help="calls per timed round")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.reps, args.rounds = 2, 2
+    args = repeated_calls_args(__doc__, argv, quick_reps=2)
     import torch
     import torch.nn.functional as F
 
@@ -200,12 +190,7 @@ def main(argv=None):
             print(f"  {name:30s} {v['ms']:7.2f} ms  {ratio:12s} rel. diff {diff:.1e}")
     for name, why in rejected.items():
         print(f"rejected by jaxlib: {name}: {why}")
-    out = args.out or os.path.join(
-        RESULTS, "conv_options" + ("-quick" if args.quick else "") + ".json"
-    )
-    with open(out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print("wrote", out)
+    write_result(result, "conv_options", args)
 
 
 if __name__ == "__main__":

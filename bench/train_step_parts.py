@@ -30,8 +30,6 @@ Run: ``.venv/bin/python bench/train_step_parts.py [--rounds N] [--quick] [--out 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -46,7 +44,15 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attacks import MNIST, RESULTS, build_flax, interleaved, machine_info, torch_model  # noqa: E402
+from attacks import (  # noqa: E402
+    MNIST,
+    build_flax,
+    interleaved,
+    machine_info,
+    repeated_calls_args,
+    torch_model,
+    write_result,
+)
 from train_step import flax_step  # noqa: E402
 
 from advjax import models  # noqa: E402
@@ -122,15 +128,7 @@ def compiled(fn, args, compile_s: dict, key: str):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=10, help="calls per timed round")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.reps, args.rounds = 3, 2
+    args = repeated_calls_args(__doc__, argv, quick_reps=3)
     import torch
     import torch.nn.functional as F
 
@@ -277,12 +275,7 @@ def main(argv=None):
     for k, v in [*parts.items(), ("sum of the parts", summed)]:
         a, t, r = v["advjax_ms"], v["torch_ms"], v["ratio"]
         print(f"{k:{width}s}  advjax {a:7.2f} ms  torch {t:7.2f} ms  ratio {r:.2f}")
-    out = args.out or os.path.join(
-        RESULTS, "train_step_parts" + ("-quick" if args.quick else "") + ".json"
-    )
-    with open(out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print("wrote", out)
+    write_result(result, "train_step_parts", args)
 
 
 if __name__ == "__main__":
