@@ -73,8 +73,10 @@ def repo_root() -> pathlib.Path:
 def run_notebook(tmp_path):
     """Executes a notebook headless in ``tmp_path`` with ``ADVJAX_NOTEBOOK_SMOKE=1``.
 
-    Notebooks read that variable and shrink every size to a run of seconds. Returns the
-    executed notebook (nbformat node) so a test can assert on cell outputs.
+    Notebooks read that variable and shrink every size to a run of seconds. The kernel's
+    temporary folders (``tempfile.mkdtemp`` in a notebook) go under ``tmp_path`` too, so
+    pytest removes them with its own. Returns the executed notebook (nbformat node) so a
+    test can assert on cell outputs.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -84,6 +86,10 @@ def run_notebook(tmp_path):
         nb = nbformat.read(path, as_version=4)
         os.environ["ADVJAX_NOTEBOOK_SMOKE"] = "1"
         os.environ["ADVJAX_REPO"] = str(REPO)
+        kernel_tmp = tmp_path / "kernel_tmp"
+        kernel_tmp.mkdir(exist_ok=True)
+        tmpdir = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = str(kernel_tmp)
         try:
             NotebookClient(
                 nb,
@@ -93,6 +99,10 @@ def run_notebook(tmp_path):
             ).execute()
         finally:
             os.environ.pop("ADVJAX_NOTEBOOK_SMOKE", None)
+            if tmpdir is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = tmpdir
         return nb
 
     return _run
