@@ -271,6 +271,17 @@ def repeated_calls_args(doc: str, argv, *, quick_reps: int) -> argparse.Namespac
     return args
 
 
+def timed_loop(fn, args, reps: int):
+    """``reps`` calls of the compiled ``fn(*args)``, waited for."""
+
+    def run():
+        for _ in range(reps):
+            out = fn(*args)
+        return jax.block_until_ready(out)
+
+    return run
+
+
 def write_result(result: dict, name: str, args) -> str:
     """Writes ``result`` to ``args.out`` or ``bench/results/<name>[-quick].json``."""
     out = args.out or os.path.join(RESULTS, name + ("-quick" if args.quick else "") + ".json")

@@ -42,7 +42,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attacks import interleaved, machine_info, repeated_calls_args, write_result  # noqa: E402
+from attacks import (  # noqa: E402
+    interleaved,
+    machine_info,
+    repeated_calls_args,
+    timed_loop,
+    write_result,
+)
 
 from advjax.compile import CPU_OPTIONS  # noqa: E402
 from advjax.models import layers  # noqa: E402
@@ -62,6 +68,11 @@ OPTION_SETS: dict[str, dict] = {
 }
 
 PADS = ((2, 2), (2, 2))
+
+
+def relative_difference(a: np.ndarray, reference: np.ndarray) -> float:
+    """Largest absolute difference over the largest absolute value of ``reference``."""
+    return float(np.abs(a - reference).max() / np.abs(reference).max())
 
 
 def programs():
@@ -108,15 +119,8 @@ def main(argv=None):
             compile_s[key] = round(time.perf_counter() - t0, 2)
             out = np.asarray(compiled(*inputs[prog]))
             reference.setdefault(prog, out)
-            scale = np.abs(reference[prog]).max()
-            difference[key] = float(np.abs(out - reference[prog]).max() / scale)
-
-            def run(c=compiled, a=inputs[prog]):
-                for _ in range(args.reps):
-                    out = c(*a)
-                return jax.block_until_ready(out)
-
-            runs[key] = run
+            difference[key] = relative_difference(out, reference[prog])
+            runs[key] = timed_loop(compiled, inputs[prog], args.reps)
 
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     kt = torch.from_numpy(k).permute(3, 2, 0, 1).contiguous()
@@ -135,9 +139,7 @@ def main(argv=None):
     with torch.no_grad():
         for prog, fn in torch_fns.items():
             got = torch_check[prog](fn()).numpy()
-            torch_difference[prog] = float(
-                np.abs(got - reference[prog]).max() / np.abs(reference[prog]).max()
-            )
+            torch_difference[prog] = relative_difference(got, reference[prog])
 
             def run(fn=fn):
                 with torch.no_grad():

@@ -50,6 +50,7 @@ from attacks import (  # noqa: E402
     interleaved,
     machine_info,
     repeated_calls_args,
+    timed_loop,
     torch_model,
     write_result,
 )
@@ -105,17 +106,6 @@ def torch_parts(net):
         "fc1": (lambda x: F.relu(d1(x.flatten(1))), d1, True),
         "fc2": (d2, d2, True),
     }
-
-
-def timed_loop(fn, args, reps: int):
-    """``reps`` calls of the compiled ``fn(*args)``, waited for."""
-
-    def run():
-        for _ in range(reps):
-            out = fn(*args)
-        return jax.block_until_ready(out)
-
-    return run
 
 
 def compiled(fn, args, compile_s: dict, key: str):
