@@ -500,7 +500,7 @@ def test_equal_strength_pgd_on_a_model_respects_band_and_ball(tiny_model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Notebook (runs the experiment end to end at smoke size)
+# Notebook (known answers at smoke size; the experiment's stored results, checked again)
 # ---------------------------------------------------------------------------------------------
 
 
