@@ -1,14 +1,12 @@
-"""The launcher end to end: smoke runs, config errors, checkpoints, kill-and-resume."""
+"""The launcher end to end: smoke runs, config errors, checkpoints (resume: test_resume.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -169,57 +167,3 @@ def test_a_different_config_never_touches_a_finished_run(tmp_path):
         for f in fs
     }
     assert before == after
-
-
-KILL_ARGS = [
-    "--config",
-    "configs/mnist_standard.py:smoke",
-    "--config.model.name=mlp",
-    "--config.train.num_epochs=6",
-    "--config.checkpoint.every_steps=3",
-    "--config.train.log_every_steps=1",
-    "--config.eval.num_examples=100",
-]
-
-
-@pytest.mark.slow
-def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
-    reference = launch(*KILL_ARGS, "--workdir", str(tmp_path / "ref"))
-    assert reference.returncode == 0, reference.stderr[-3000:]
-
-    workdir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(REPO, "launch", "main.py"),
-            *KILL_ARGS,
-            "--workdir",
-            str(workdir),
-        ],
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    # Kill as soon as a few checkpoints exist, in the middle of training.
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        ckpt_dir = workdir / "checkpoints"
-        done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []
-        if len(done) >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (workdir / "report.json").exists(), "the run finished before it could be killed"
-    resumed = launch(*KILL_ARGS, "--workdir", str(workdir))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming" in resumed.stdout
-
-    a, b = runs.load_trained(str(tmp_path / "ref")), runs.load_trained(str(workdir))
-    jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rs]  # noqa: E731
-    assert strip(runs.read_metrics(str(tmp_path / "ref"))) == strip(runs.read_metrics(str(workdir)))
-    ra, rb = runs.read_report(str(tmp_path / "ref")), runs.read_report(str(workdir))
-    assert ra["eval"]["clean_accuracy"] == rb["eval"]["clean_accuracy"]
-    assert ra["eval"]["robust_accuracy"] == rb["eval"]["robust_accuracy"]

@@ -1,6 +1,7 @@
 """Resume in every window: damaged checkpoints and SIGKILL at every phase of a run.
 
-The fault-injection test uses the test-only hook ``ADVJAX_KILL_AT=<phase>[@<step>]``
+One test SIGKILLs the launcher from outside, wherever it is once its first checkpoint is
+on disk. The fault-injection test uses the test-only hook ``ADVJAX_KILL_AT=<phase>[@<step>]``
 (`advjax.checkpoints.kill_point`): the launcher SIGKILLs itself there, the same command
 is run again, and the resumed run must end with the report, metrics and parameters of
 an uninterrupted run.
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -109,19 +112,17 @@ PHASES = [
 ]
 
 
-def _launch(workdir, kill_at=None):
+def _command(workdir, kill_at=None) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", ADVJAX_PROGRESS="0")
     env.pop(checkpoints.KILL_AT_ENV, None)
     if kill_at:
         env[checkpoints.KILL_AT_ENV] = kill_at
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "launch", "main.py"), *KILL_ARGS, "--workdir", workdir],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = [sys.executable, os.path.join(REPO, "launch", "main.py"), *KILL_ARGS]
+    return dict(args=[*args, "--workdir", workdir], cwd=REPO, env=env)
+
+
+def _launch(workdir, kill_at=None):
+    return subprocess.run(**_command(workdir, kill_at), capture_output=True, text=True, timeout=600)
 
 
 def _without_timings(obj):
@@ -161,3 +162,26 @@ def test_sigkill_at_every_phase_resumes_to_the_same_report(tmp_path, reference_r
     best = runs.load_trained(workdir, best=True)
     assert best.step == ref_best.step == 8
     _assert_same_variables(ref_best, best)
+
+
+@pytest.mark.slow
+def test_sigkill_from_outside_mid_training_resumes_to_the_same_report(tmp_path, reference_run):
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(
+        **_command(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -9, "the run ended before it could be killed"
+    assert runs.read_report(workdir) is None
+    resumed = _launch(workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stdout
+    assert _comparable(workdir) == _comparable(reference_run)
+    _assert_same_variables(runs.load_trained(reference_run), runs.load_trained(workdir))
