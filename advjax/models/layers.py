@@ -16,7 +16,9 @@ the derivatives are written down for XLA:
   convolution wherever it is compiled. For strides > 1 JAX's rule also dilates the
   cotangent with zeros (``s*s`` times the work); `conv2d` uses the sub-pixel form
   instead (`conv_input_gradient`), and runs a strided convolution of a 1-3 channel
-  image on space-to-depth blocks (`_conv_blocked`).
+  image on space-to-depth blocks (`_conv_blocked`). On a CPU, a stride-1 kernel of at
+  most 27 taps (a first layer) runs as sums over its taps instead of a convolution,
+  forward and input gradient (`_conv_taps`, `_input_gradient_taps`).
 * ``flax.linen.max_pool``'s gradient lowers to XLA's select-and-scatter, which
   XLA:CPU runs about 10x slower than the convolution that precedes it. `max_pool`
   takes the maximum of the window's strided slices and routes the tangent to the
@@ -129,7 +131,65 @@ def _conv_blocked(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
 _BLOCKED_FORWARD_BELOW_CHANNELS = 4
 
 
+# On a CPU, stride-1 kernels with at most this many taps (``kh * kw * in_channels``: a
+# first layer on 1-3 channel images) run as sums over their taps (`_conv_taps`,
+# `_input_gradient_taps`): XLA:CPU's convolution is slow when one side of its
+# contraction is a handful of numbers. `bench/conv_taps.py` (batch 128, this project's
+# 2-core CPU): the Madry CNN's first layer (5x5, 1 -> 32 channels, 28x28) forward
+# 2.4 ms against 7.0 ms for the convolution, input gradient 5.1 ms against 13.5 ms;
+# 0.14-0.77 of the convolution's time on the other first layers it measures. Other
+# backends keep their convolutions (not measured there).
+_TAPS_AT_MOST = 27
+
+
+def _few_taps(kernel: jax.Array) -> bool:
+    kh, kw, c, _ = kernel.shape
+    return kh * kw * c <= _TAPS_AT_MOST and jax.default_backend() == "cpu"
+
+
+def _pad_spatial(x: jax.Array, pads) -> jax.Array:
+    """``x`` (NHWC) padded by ``pads`` per spatial dimension; negative values crop."""
+    (lh, hh), (lw, hw) = pads
+    config = [(0, 0, 0), (lh, hh, 0), (lw, hw, 0)] + [(0, 0, 0)] * (x.ndim - 3)
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def _conv_taps(x: jax.Array, kernel: jax.Array, pads) -> jax.Array:
+    """``_conv`` at stride 1 as the sum over taps ``(i, j, c)`` of the shifted input
+    channel times the kernel's row of output channels: one elementwise fusion."""
+    kh, kw, c, _ = kernel.shape
+    padded = _pad_spatial(x, pads)
+    oh, ow = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    terms = [
+        padded[:, i : i + oh, j : j + ow, ci : ci + 1] * kernel[i, j, ci]
+        for i in range(kh)
+        for j in range(kw)
+        for ci in range(c)
+    ]
+    return functools.reduce(jnp.add, terms)
+
+
+def _input_gradient_taps(cotangent: jax.Array, kernel: jax.Array, grad_pads) -> jax.Array:
+    """`_stride1_input_gradient` as one matrix product and a sum over taps: the product
+    of the cotangent with the kernel gives every tap's contribution at once
+    (``[n, h, w, kh, kw, c]``), and each tap's slice is shifted back to the input pixels
+    it read (``grad_pads`` as in `_stride1_input_gradient`)."""
+    kh, kw, c, o = kernel.shape
+    n, mh, mw, _ = cotangent.shape
+    columns = cotangent.reshape(-1, o) @ kernel.reshape(-1, o).T
+    padded = _pad_spatial(columns.reshape(n, mh, mw, kh, kw, c), grad_pads)
+    h, w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    terms = [
+        padded[:, kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w, i, j, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return functools.reduce(jnp.add, terms)
+
+
 def _forward(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    if max(strides) == 1 and _few_taps(kernel):
+        return _conv_taps(x, kernel, pads)
     if max(strides) > 1 and x.shape[-1] < _BLOCKED_FORWARD_BELOW_CHANNELS:
         return _conv_blocked(x, kernel, strides, pads)
     return _conv(x, kernel, strides, pads)
@@ -175,13 +235,15 @@ def conv_input_gradient(
 
 
 def _stride1_input_gradient(cotangent, kernel, in_spatial, pads) -> jax.Array:
-    flipped = jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2))
     grad_pads = []
     for k, n, m, (low, _) in zip(
         kernel.shape[:2], in_spatial, cotangent.shape[1:3], pads, strict=True
     ):
         before = k - 1 - low
         grad_pads.append((before, n + k - 1 - m - before))
+    if _few_taps(kernel):
+        return _input_gradient_taps(cotangent, kernel, grad_pads)
+    flipped = jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2))
     return lax.conv_general_dilated(
         cotangent, flipped, (1, 1), grad_pads, dimension_numbers=_DIMENSION_NUMBERS
     )
