@@ -17,7 +17,7 @@ queries), each on the points still robust; PGD-20 also on the whole 10k test set
 (``eval.full_test_set_attacks``). Robust accuracy is the per-example worst case, and
 every sanity check of `advjax.evaluation` runs, among them the black-box check (Square
 may fool at most 0.2% of the points that the white-box components leave robust). That
-check fails for this recipe: Square fools about 1.6% of the points that APGD-CE and
+check fails for this recipe: Square fools about 1.7% of the points that APGD-CE and
 APGD-T leave robust (gradient masking), so the ensemble's worst case, not PGD-20, is the
 number to quote (README, "Results measured here"). Ten training steps instead of five
 and the parameter average (2.8% without it) each narrowed the gap by about a point; a
@@ -43,13 +43,13 @@ one such change to the next, without a trend that reaches 0.2%, and the two chan
 reached 0.8% left robust accuracy below 88%. ``configs/black_box_gap.py`` measures why
 (README, "Results measured here"): the points Square alone fools are points near the
 decision boundary on which APGD stalls just short of it (lowest white-box margin
-0.01-0.71 against a median of 4.55 over all robust points), Square's points are barely
+0.003-0.66 against a median of 4.65 over all robust points), Square's points are barely
 across it, the margin falls monotonically on the straight path to them, and at x about
 60% of the input coordinates (the background) have a zero gradient, so sign steps never
 move them while Square sets whole windows of them to +-eps. APGD-CE or APGD-DLR with 20
-restarts fool 10 of the 15; earlier, on the model without the average, PGD-100 started
+restarts fool 9 of the 14; earlier, on the model without the average, PGD-100 started
 halfway along Square's perturbation fooled a third of them, and on this recipe's model
-FAB-T (9 targets) 1 of 16.
+at an earlier commit FAB-T (9 targets) 1 of 16.
 
 Arguments: ``smoke`` (seconds).
 """
