@@ -36,13 +36,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attacks import (  # noqa: E402
-    interleaved,
-    machine_info,
-    repeated_calls_args,
-    timed_loop,
-    write_result,
-)
+import attacks as harness  # noqa: E402  (bench/attacks.py: timing and result helpers)
 from conv_options import relative_difference  # noqa: E402
 
 from advjax.compile import jit  # noqa: E402
@@ -78,7 +72,7 @@ def forms(size: int, k: int):
 
 
 def main(argv=None):
-    args = repeated_calls_args(__doc__, argv, quick_reps=2)
+    args = harness.repeated_calls_args(__doc__, argv, quick_reps=2)
     import torch
     import torch.nn.functional as F
 
@@ -96,7 +90,7 @@ def main(argv=None):
             compiled = jit(fn)
             args_ = inputs[name.split("/")[0]]
             outs[name] = np.asarray(compiled(*args_))
-            runs[name] = timed_loop(compiled, args_, args.reps)
+            runs[name] = harness.timed_loop(compiled, args_, args.reps)
         xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
         gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous()
@@ -117,7 +111,7 @@ def main(argv=None):
                     return out
 
                 runs[name] = run
-        times, _, _ = interleaved(runs, args.rounds, "cpu")
+        times, _, _ = harness.interleaved(runs, args.rounds, "cpu")
         ms = {n: 1e3 * statistics.median(v[1:] or v) / args.reps for n, v in times.items()}
         rows = {}
         for prog in ("forward", "input gradient"):
@@ -148,7 +142,7 @@ def main(argv=None):
                 f"  rel. diff {r['max_relative_difference']['taps']:.1e}"
             )
     result = {
-        "machine": machine_info(load_average_end=list(os.getloadavg())),
+        "machine": harness.machine_info(load_average_end=list(os.getloadavg())),
         "setup": {
             "batch": args.batch,
             "calls_per_round": args.reps,
@@ -162,7 +156,7 @@ def main(argv=None):
         },
         "layers": table,
     }
-    write_result(result, "conv_taps", args)
+    harness.write_result(result, "conv_taps", args)
 
 
 if __name__ == "__main__":
