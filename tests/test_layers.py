@@ -110,7 +110,7 @@ def test_conv2d_forward_mode_and_linear_transpose_match_lax(k, stride, padding, 
 
 
 @pytest.mark.parametrize("cin", [1, 16])
-def test_conv2d_input_gradient_is_one_plain_convolution(cin):
+def test_conv2d_input_gradient_is_a_plain_convolution_or_a_sum_over_taps(cin):
     # The reason for the layer: lax's own rule convolves with a reversed kernel under
     # swapped (HWOI) labels, which XLA:CPU rewrites onto its fast path outside loops but
     # not inside them, and for a strided convolution it dilates the cotangent with zeros

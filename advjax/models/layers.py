@@ -135,10 +135,10 @@ _BLOCKED_FORWARD_BELOW_CHANNELS = 4
 # first layer on 1-3 channel images) run as sums over their taps (`_conv_taps`,
 # `_input_gradient_taps`): XLA:CPU's convolution is slow when one side of its
 # contraction is a handful of numbers. `bench/conv_taps.py` (batch 128, this project's
-# 2-core CPU): the Madry CNN's first layer (5x5, 1 -> 32 channels, 28x28) forward
-# 2.4 ms against 7.0 ms for the convolution, input gradient 5.1 ms against 13.5 ms;
-# 0.14-0.77 of the convolution's time on the other first layers it measures. Other
-# backends keep their convolutions (not measured there).
+# 2-core CPU; `bench/results/conv_taps.json`): the Madry CNN's first layer (5x5, 1 -> 32
+# channels, 28x28) forward 2.5 ms against 7.5 ms for the convolution, input gradient
+# 5.3 ms against 11.8 ms; 0.14-0.70 of the convolution's time on the other first layers
+# it measures. Other backends keep their convolutions (not measured there).
 _TAPS_AT_MOST = 27
 
 
