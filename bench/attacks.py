@@ -282,6 +282,20 @@ def timed_loop(fn, args, reps: int):
     return run
 
 
+def torch_loop(fn, reps: int):
+    """``reps`` calls of ``fn()`` under ``torch.no_grad()`` (the torch side of
+    `timed_loop`); returns the last output."""
+    import torch
+
+    def run():
+        with torch.no_grad():
+            for _ in range(reps):
+                out = fn()
+        return out
+
+    return run
+
+
 def write_result(result: dict, name: str, args) -> str:
     """Writes ``result`` to ``args.out`` or ``bench/results/<name>[-quick].json``."""
     out = args.out or os.path.join(RESULTS, name + ("-quick" if args.quick else "") + ".json")

@@ -42,13 +42,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attacks import (  # noqa: E402
-    interleaved,
-    machine_info,
-    repeated_calls_args,
-    timed_loop,
-    write_result,
-)
+import attacks as harness  # noqa: E402  (bench/attacks.py: timing and result helpers)
 
 from advjax.compile import CPU_OPTIONS  # noqa: E402
 from advjax.models import layers  # noqa: E402
@@ -95,7 +89,7 @@ def programs():
 
 
 def main(argv=None):
-    args = repeated_calls_args(__doc__, argv, quick_reps=2)
+    args = harness.repeated_calls_args(__doc__, argv, quick_reps=2)
     import torch
     import torch.nn.functional as F
 
@@ -120,7 +114,7 @@ def main(argv=None):
             out = np.asarray(compiled(*inputs[prog]))
             reference.setdefault(prog, out)
             difference[key] = relative_difference(out, reference[prog])
-            runs[key] = timed_loop(compiled, inputs[prog], args.reps)
+            runs[key] = harness.timed_loop(compiled, inputs[prog], args.reps)
 
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     kt = torch.from_numpy(k).permute(3, 2, 0, 1).contiguous()
@@ -140,16 +134,9 @@ def main(argv=None):
         for prog, fn in torch_fns.items():
             got = torch_check[prog](fn()).numpy()
             torch_difference[prog] = relative_difference(got, reference[prog])
+            runs[f"{prog}/torch"] = harness.torch_loop(fn, args.reps)
 
-            def run(fn=fn):
-                with torch.no_grad():
-                    for _ in range(args.reps):
-                        out = fn()
-                return out
-
-            runs[f"{prog}/torch"] = run
-
-        times, _, _ = interleaved(runs, args.rounds, "cpu")
+        times, _, _ = harness.interleaved(runs, args.rounds, "cpu")
     ms = {k: 1e3 * statistics.median(v[1:] or v) / args.reps for k, v in times.items()}
 
     table = {}
@@ -169,7 +156,7 @@ def main(argv=None):
                 }
         table[prog] = rows
     result = {
-        "machine": machine_info(load_average_end=list(os.getloadavg())),
+        "machine": harness.machine_info(load_average_end=list(os.getloadavg())),
         "setup": {
             "layer": "madry_cnn conv2: 5x5, 32 -> 64 channels, 14x14 maps, SAME",
             "batch": args.batch,
@@ -192,7 +179,7 @@ def main(argv=None):
             print(f"  {name:30s} {v['ms']:7.2f} ms  {ratio:12s} rel. diff {diff:.1e}")
     for name, why in rejected.items():
         print(f"rejected by jaxlib: {name}: {why}")
-    write_result(result, "conv_options", args)
+    harness.write_result(result, "conv_options", args)
 
 
 if __name__ == "__main__":

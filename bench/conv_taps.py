@@ -103,14 +103,7 @@ def main(argv=None):
         with torch.no_grad():
             for name, fn in torch_fns.items():
                 outs[name] = fn().permute(0, 2, 3, 1).numpy()
-
-                def run(fn=fn):
-                    with torch.no_grad():
-                        for _ in range(args.reps):
-                            out = fn()
-                    return out
-
-                runs[name] = run
+                runs[name] = harness.torch_loop(fn, args.reps)
         times, _, _ = harness.interleaved(runs, args.rounds, "cpu")
         ms = {n: 1e3 * statistics.median(v[1:] or v) / args.reps for n, v in times.items()}
         rows = {}
