@@ -100,6 +100,7 @@ def test_conv2d_forward_mode_and_linear_transpose_match_lax(k, stride, padding, 
     dx, dw = inputs(k, size, seed=3)
     got = jax.jvp(lambda a, b: fast_conv(a, b, stride, padding), (x, w), (dx, dw))
     want = jax.jvp(lambda a, b: reference_conv(a, b, stride, padding), (x, w), (dx, dw))
+    assert_close(got[0], want[0])
     assert_close(got[1], want[1])
     # The Fisher power iteration's pattern: linearise, then transpose the linear map.
     out, lin = jax.linearize(lambda a: jnp.tanh(fast_conv(a, w, stride, padding)), x)
@@ -132,6 +133,24 @@ def test_conv2d_input_gradient_is_a_plain_convolution_or_a_sum_over_taps(cin):
         assert eqn.params["dimension_numbers"] == lax.conv_dimension_numbers(
             eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, DN
         )
+
+
+def test_first_layer_value_is_one_matrix_product_under_differentiation():
+    # A 5x5 kernel on a 1-channel image (25 taps) runs as sums over its taps on a CPU.
+    # Alone, the value is a chain of multiply-adds (no matrix product). Under
+    # differentiation it is one matrix product of the shifted pixels with the kernel,
+    # because XLA:CPU copies an elementwise chain into each consumer of its result and
+    # there the value also feeds derivatives; the input gradient is a second product.
+    x, w = inputs(5, 12, cin=1)
+
+    def dots(fn):
+        eqns = jax.make_jaxpr(fn)(x).jaxpr.eqns
+        return [e for e in eqns if e.primitive.name == "dot_general"]
+
+    assert dots(lambda v: fast_conv(v, w, 1, "SAME")) == []
+    products = dots(jax.grad(lambda v: jnp.sum(jnp.maximum(fast_conv(v, w, 1, "SAME"), 0) ** 2)))
+    assert len(products) == 2
+    assert [e.invars[1].aval.shape for e in products][0] == (25, 4)
 
 
 @pytest.mark.parametrize(

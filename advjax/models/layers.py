@@ -18,7 +18,9 @@ the derivatives are written down for XLA:
   instead (`conv_input_gradient`), and runs a strided convolution of a 1-3 channel
   image on space-to-depth blocks (`_conv_blocked`). On a CPU, a stride-1 kernel of at
   most 27 taps (a first layer) runs as sums over its taps instead of a convolution,
-  forward and input gradient (`_conv_taps`, `_input_gradient_taps`).
+  forward and input gradient (`_conv_taps`, `_input_gradient_taps`); under
+  differentiation the forward sum is one matrix product, which XLA computes once for
+  all the derivatives that read it.
 * ``flax.linen.max_pool``'s gradient lowers to XLA's select-and-scatter, which
   XLA:CPU runs about 10x slower than the convolution that precedes it. `max_pool`
   takes the maximum of the window's strided slices and routes the tangent to the
@@ -136,9 +138,10 @@ _BLOCKED_FORWARD_BELOW_CHANNELS = 4
 # `_input_gradient_taps`): XLA:CPU's convolution is slow when one side of its
 # contraction is a handful of numbers. `bench/conv_taps.py` (batch 128, this project's
 # 2-core CPU; `bench/results/conv_taps.json`): the Madry CNN's first layer (5x5, 1 -> 32
-# channels, 28x28) forward 2.5 ms against 7.5 ms for the convolution, input gradient
-# 5.3 ms against 11.8 ms; 0.14-0.70 of the convolution's time on the other first layers
-# it measures. Other backends keep their convolutions (not measured there).
+# channels, 28x28) forward 2.2 ms (3.4 ms as `_conv_taps`' matrix product) against
+# 5.9 ms for the convolution, input gradient 4.1 ms against 9.4 ms; 0.15-0.88 of the
+# convolution's time on the three first layers it measures. Other backends keep their
+# convolutions (not measured there).
 _TAPS_AT_MOST = 27
 
 
@@ -154,14 +157,32 @@ def _pad_spatial(x: jax.Array, pads) -> jax.Array:
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
-def _conv_taps(x: jax.Array, kernel: jax.Array, pads) -> jax.Array:
-    """``_conv`` at stride 1 as the sum over taps ``(i, j, c)`` of the shifted input
-    channel times the kernel's row of output channels: one elementwise fusion."""
-    kh, kw, c, _ = kernel.shape
+def _conv_taps(x: jax.Array, kernel: jax.Array, pads, *, shared: bool = False) -> jax.Array:
+    """``_conv`` at stride 1 as a sum over taps ``(i, j, c)``.
+
+    ``shared=False``: the shifted input channels times the kernel's rows of output
+    channels, added up in one elementwise fusion (the fastest form when the output has
+    one consumer). ``shared=True``: the shifted channels side by side (``[n, h, w,
+    kh*kw*c]``) times the kernel as one matrix product. XLA:CPU copies an elementwise
+    chain into every consumer of its result, while a matrix product is computed once;
+    under differentiation the output also feeds derivative masks (the pooling's, the
+    activation's) and the next layer's kernel gradient, so in the Madry CNN's training
+    step the chain ran five times (about 45 of the step's 100 ms at batch 128), and
+    `_conv2d_jvp` asks for the product."""
+    kh, kw, c, o = kernel.shape
     padded = _pad_spatial(x, pads)
     oh, ow = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    rows = kernel.reshape(kh * kw * c, o)
+    if shared:
+        # Columns ordered (i, j, c) like the kernel's rows, built in two steps of kw and
+        # kh slices: XLA:CPU runs each operand of a wide concatenation as its own small
+        # program (3.3-4.4 ms in two steps against 7-8.4 ms in one for the Madry CNN's
+        # first layer at batch 128).
+        shifted = jnp.concatenate([padded[:, :, j : j + ow] for j in range(kw)], axis=-1)
+        columns = jnp.concatenate([shifted[:, i : i + oh] for i in range(kh)], axis=-1)
+        return (columns.reshape(-1, kh * kw * c) @ rows).reshape(x.shape[0], oh, ow, o)
     terms = [
-        padded[:, i : i + oh, j : j + ow, ci : ci + 1] * kernel[i, j, ci]
+        padded[:, i : i + oh, j : j + ow, ci : ci + 1] * rows[(i * kw + j) * c + ci]
         for i in range(kh)
         for j in range(kw)
         for ci in range(c)
@@ -187,9 +208,11 @@ def _input_gradient_taps(cotangent: jax.Array, kernel: jax.Array, grad_pads) -> 
     return functools.reduce(jnp.add, terms)
 
 
-def _forward(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+def _forward(x: jax.Array, kernel: jax.Array, strides, pads, *, shared: bool = False):
+    """The convolution's value; ``shared``: the value also feeds derivatives (see
+    `_conv_taps`)."""
     if max(strides) == 1 and _few_taps(kernel):
-        return _conv_taps(x, kernel, pads)
+        return _conv_taps(x, kernel, pads, shared=shared)
     if max(strides) > 1 and x.shape[-1] < _BLOCKED_FORWARD_BELOW_CHANNELS:
         return _conv_blocked(x, kernel, strides, pads)
     return _conv(x, kernel, strides, pads)
@@ -262,7 +285,7 @@ def _conv2d(x, kernel, strides, pads):
 def _conv2d_jvp(strides, pads, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
-    out = _forward(x, kernel, strides, pads)
+    out = _forward(x, kernel, strides, pads, shared=True)
     tangent = jnp.zeros(out.shape, out.dtype)
     if not _is_zero(dx):
         # The tangent is written as the transpose of `conv_input_gradient`, so that
