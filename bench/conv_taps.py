@@ -7,7 +7,9 @@ XLA:CPU's convolution is slow on such shapes, and `advjax.models.layers` runs st
 convolutions whose kernels have at most `layers._TAPS_AT_MOST` taps another way:
 
 * forward (`layers._conv_taps`): the sum over taps of the shifted input channel times
-  the kernel's row of output channels, one elementwise fusion;
+  the kernel's row of output channels, one elementwise fusion; under differentiation
+  one matrix product of the shifted pixels with the kernel instead (timed here as
+  "taps product"; `bench/taps_shared.py` times both forms in whole training steps);
 * input gradient (`layers._input_gradient_taps`): one matrix product of the output
   cotangent with the kernel (every tap's contribution at once), then a sum of shifted
   slices.
@@ -63,6 +65,7 @@ def forms(size: int, k: int):
 
     return {
         "forward/taps": lambda x, w: layers.conv2d(x, w, padding="SAME"),
+        "forward/taps product": lambda x, w: layers._conv_taps(x, w, pads, shared=True),
         "forward/xla convolution": lambda x, w: layers._conv(x, w, (1, 1), pads),
         "input gradient/taps": lambda g, w: layers.conv_input_gradient(
             g, w, (size, size), (1, 1), pads
@@ -124,6 +127,13 @@ def main(argv=None):
                     "torch": relative_difference(outs[f"{prog}/torch"], reference),
                 },
             }
+        # The form used under differentiation (`layers._conv_taps`, ``shared=True``).
+        product = ms["forward/taps product"]
+        rows["forward"]["ms"]["taps_product"] = round(product, 2)
+        rows["forward"]["ratio_taps_product_to_torch"] = round(product / ms["forward/torch"], 3)
+        rows["forward"]["max_relative_difference"]["taps_product"] = relative_difference(
+            outs["forward/taps product"], outs["forward/xla convolution"]
+        )
         table[layer] = rows
         print(layer)
         for prog, r in rows.items():
@@ -133,6 +143,7 @@ def main(argv=None):
                 f"  torch {t['torch']:6.2f} ms  taps/torch {r['ratio_taps_to_torch']:.2f}"
                 f"  taps/xla {r['ratio_taps_to_xla_convolution']:.2f}"
                 f"  rel. diff {r['max_relative_difference']['taps']:.1e}"
+                + (f"  product {t['taps_product']:6.2f} ms" if "taps_product" in t else "")
             )
     result = {
         "machine": harness.machine_info(load_average_end=list(os.getloadavg())),
