@@ -14,10 +14,16 @@ compiler_options=...)`` on batch 128 (the training step's batch):
 * ``forward``: the convolution, SAME padding, NHWC/HWIO;
 * ``input gradient``: `advjax.models.layers.conv_input_gradient` (a plain convolution
   of the output cotangent with the flipped, channel-swapped kernel);
-* ``kernel gradient``: the kernel's cotangent through `advjax.models.layers.conv2d`.
+* ``kernel gradient``: the kernel's cotangent through `advjax.models.layers.conv2d`;
+* ``forward, product of given columns``: the forward convolution's matrix product
+  alone, ``[batch*14*14, 800] @ [800, 64]``, with the shifted input pixels (the im2col
+  columns) computed beforehand in NumPy and passed in. No formulation of the
+  convolution as one matrix product can run faster than this on a given library, so it
+  is a floor for every im2col variant.
 
 PyTorch runs ``conv2d``, ``conv2d_input`` and ``conv2d_weight`` on the same arrays
-(NCHW). Each program's largest difference from the program compiled without options
+(NCHW); the columns' product is compared with PyTorch's whole convolution (``conv2d``,
+the time to beat). Each program's largest difference from the program compiled without options
 (relative to its largest value) is reported too: a difference shows that another
 kernel ran (0.0 says XLA:CPU ran the same code, whatever the option). An option set
 the installed jaxlib rejects is reported with jaxlib's message. Programs run in
@@ -56,6 +62,7 @@ OPTION_SETS: dict[str, dict] = {
     "advjax default (YNNPACK dot)": dict(CPU_OPTIONS),
     "YNNPACK convolution": {_LIB.format("ynn"): _CONV},
     "YNNPACK dot + convolution": {_LIB.format("ynn"): "LIBRARY_FUSION_TYPE_DOT," + _CONV},
+    "XNNPACK dot": {"xla_cpu_use_xnnpack": True, _LIB.format("xnn"): "LIBRARY_FUSION_TYPE_DOT"},
     "XNNPACK convolution": {"xla_cpu_use_xnnpack": True, _LIB.format("xnn"): _CONV},
     "oneDNN": {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_custom_call": True},
     "oneDNN convolution": {"xla_cpu_use_onednn": True, _LIB.format("onednn"): _CONV},
@@ -81,11 +88,28 @@ def programs():
     def kernel_gradient(x, k, g):
         return jax.vjp(lambda kk: layers.conv2d(x, kk, padding="SAME"), k)[1](g)[0]
 
+    def columns_product(columns, k):
+        n = columns.shape[0] // (14 * 14)
+        return (columns @ k.reshape(-1, k.shape[-1])).reshape(n, 14, 14, k.shape[-1])
+
     return {
         "forward": forward,
         "input gradient": input_gradient,
         "kernel gradient": kernel_gradient,
+        COLUMNS: columns_product,
     }
+
+
+COLUMNS = "forward, product of given columns"
+
+
+def im2col(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """``[n*h*w, kh*kw*c]`` rows of the SAME-padded input's shifted pixels, ordered
+    ``(i, j, c)`` like an HWIO kernel's rows."""
+    n, h, w, c = x.shape
+    padded = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    taps = [padded[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)]
+    return np.concatenate(taps, axis=-1).reshape(n * h * w, kh * kw * c)
 
 
 def main(argv=None):
@@ -98,7 +122,12 @@ def main(argv=None):
     k = (0.05 * rng.normal(size=(5, 5, 32, 64))).astype(np.float32)
     g = rng.normal(size=(args.batch, 14, 14, 64)).astype(np.float32)
     xj, kj, gj = jnp.asarray(x), jnp.asarray(k), jnp.asarray(g)
-    inputs = {"forward": (xj, kj), "input gradient": (gj, kj), "kernel gradient": (xj, kj, gj)}
+    inputs = {
+        "forward": (xj, kj),
+        "input gradient": (gj, kj),
+        "kernel gradient": (xj, kj, gj),
+        COLUMNS: (jnp.asarray(im2col(x, 5, 5)), kj),
+    }
 
     runs, compile_s, rejected, difference, reference = {}, {}, {}, {}, {}
     for opt_name, options in OPTION_SETS.items():
@@ -112,7 +141,8 @@ def main(argv=None):
                 break
             compile_s[key] = round(time.perf_counter() - t0, 2)
             out = np.asarray(compiled(*inputs[prog]))
-            reference.setdefault(prog, out)
+            # The columns' product computes the forward convolution: same reference.
+            reference.setdefault(prog, reference.get("forward") if prog == COLUMNS else out)
             difference[key] = relative_difference(out, reference[prog])
             runs[key] = harness.timed_loop(compiled, inputs[prog], args.reps)
 
@@ -129,6 +159,8 @@ def main(argv=None):
         "input gradient": lambda o: o.permute(0, 2, 3, 1),
         "kernel gradient": lambda o: o.permute(2, 3, 1, 0),
     }
+    # The columns' product against PyTorch's whole convolution: the time to beat.
+    torch_fns[COLUMNS], torch_check[COLUMNS] = torch_fns["forward"], torch_check["forward"]
     torch_difference = {}
     with torch.no_grad():
         for prog, fn in torch_fns.items():
