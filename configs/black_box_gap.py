@@ -7,7 +7,8 @@ and runs its ensemble (APGD-CE, APGD-T with 9 targets, Square with 5,000 queries
 0.3) component by component on the first 1,000 test images. For the points only Square
 fools it reports the margins that the white-box attacks and Square reached, the margin on
 the straight path from x to Square's point, the share of input coordinates with a zero
-gradient, and how many of these points APGD-CE or APGD-DLR with 1, 5 and 20 restarts fool
+gradient, how many of these points APGD-CE or APGD-DLR with 1, 5 and 20 restarts fool,
+and the gap when the whole ensemble runs again under another key
 (`advjax.experiments.black_box_gap`). About 4 minutes on a 2-core CPU with the model
 trained.
 
@@ -39,6 +40,7 @@ def get_config(arg: str | None = None):
             batch_size=500,
             segment_points=11,
             restarts=(1, 5, 20),  # APGD-CE / APGD-DLR restarts on the black-box-only points
+            other_keys=1,  # further runs of the whole ensemble under other keys
             num_shown=8,
         )
     )

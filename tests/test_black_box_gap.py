@@ -87,7 +87,7 @@ def _staircase_setup(n=6):
         )
     )  # fmt: skip
     a = ml_collections.ConfigDict(
-        dict(batch_size=4, segment_points=11, restarts=(1, 3), num_shown=2)
+        dict(batch_size=4, segment_points=11, restarts=(1, 3), num_shown=2, other_keys=2)
     )
     return model, x, y, ensemble, a
 
@@ -127,6 +127,10 @@ def test_a_staircase_model_is_a_black_box_gap_on_every_point(tmp_path):
     # APGD's best point is its random start (nothing to ascend): margin NEEDED - count,
     # with roughly a third of the 64 pixels above the threshold.
     assert 0 < gap["white_box_best_margin"]["min"] <= gap["white_box_best_margin"]["max"] < NEEDED
+    # Under every key Square fools every point and APGD none: the same gap three times.
+    assert report["gap_over_keys"] == {
+        "counts": [n, n, n], "fractions": [1.0, 1.0, 1.0], "in_some": n, "in_every": n
+    }  # fmt: skip
     # More restarts cannot help where the gradient is zero.
     for r in ("1", "3"):
         assert report["stronger_white_box"][r]["fooled_of_black_box_only"] == 0
@@ -192,6 +196,7 @@ def test_more_restarts_only_add_points():
         ({"ensemble": "nope"}, "'nope' is not an attack of"),
         ({"restarts": (0,)}, "analysis.restarts"),
         ({"segment_points": 1}, "analysis.segment_points"),
+        ({"other_keys": -1}, "analysis.other_keys"),
     ],
 )
 def test_bad_settings_fail_before_any_compute(override, message):
@@ -208,6 +213,20 @@ def test_an_ensemble_without_white_box_components_before_square_is_refused():
     model_config.eval.attacks.ensemble.attacks = ("square", "apgd_ce")
     with pytest.raises(ValueError, match="needs a black-box component after white-box ones"):
         bbg._ensemble(c.analysis, model_config)
+
+
+def test_gap_over_keys_counts_each_run_and_the_union_and_intersection():
+    stages = [
+        dict(kind="white_box", idx=np.arange(6), fooled=np.array([1, 0, 0, 0, 1, 0], bool)),
+        dict(kind="black_box", idx=np.array([1, 2, 3, 5]), fooled=np.array([1, 0, 1, 1], bool)),
+    ]
+    first = bbg.black_box_only(stages)
+    np.testing.assert_array_equal(first, [1, 3, 5])
+    got = bbg.gap_over_keys([first, np.array([3, 5, 7]), np.array([5, 9])], 10)
+    # Brute force over the three sets {1, 3, 5}, {3, 5, 7}, {5, 9}.
+    assert got == {
+        "counts": [3, 3, 2], "fractions": [0.3, 0.3, 0.2], "in_some": 5, "in_every": 1
+    }  # fmt: skip
 
 
 def test_white_box_best_margin_is_the_minimum_over_white_box_stages_only():

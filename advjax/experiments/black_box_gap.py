@@ -26,6 +26,10 @@ For them the analysis reports:
    ``analysis.restarts`` on the gap points; how many of them either fools, and so the gap
    that would be left after it (Square's draws are per example, so it fools the same
    points after any white-box stage that leaves them robust).
+5. **The gap under other keys**: the whole ensemble again, component by component, under
+   ``analysis.other_keys`` further keys; the gap's size under each key, and how many
+   points are in the gap under some key (the union) and under every key. A gap that
+   moves from key to key is made of points on which every attack's outcome is a draw.
 
 Writes ``DIR/black_box_gap.json`` and ``DIR/figures/{margins,segments,examples}.png``.
 """
@@ -65,6 +69,7 @@ def validate_analysis(a: ml_collections.ConfigDict) -> None:
         "need restart counts >= 1 ([] to skip the stronger white-box stage)",
     )
     _check(int(a.num_shown) >= 0, "num_shown", a.num_shown, "must be >= 0")
+    _check(int(a.other_keys) >= 0, "other_keys", a.other_keys, "must be >= 0 (0 to skip)")
 
 
 def _model_config(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -219,6 +224,26 @@ def run_components(
     return clean_margin, correct, stages
 
 
+def black_box_only(stages: list[dict]) -> np.ndarray:
+    """The points the first black-box stage fools (those the white-box stages before
+    it left robust)."""
+    black = next(s for s in stages if s["kind"] == "black_box")
+    return black["idx"][black["fooled"]]
+
+
+def gap_over_keys(gaps: list[np.ndarray], n: int) -> dict:
+    """The black-box-only points of one ensemble run per key (the first: the run the
+    other measurements use): each run's count and fraction of the ``n`` points, and how
+    many points are in some run's gap and in every run's."""
+    sets = [set(np.asarray(g).tolist()) for g in gaps]
+    return {
+        "counts": [len(g) for g in sets],
+        "fractions": [len(g) / n for g in sets],
+        "in_some": len(set.union(*sets)),
+        "in_every": len(set.intersection(*sets)),
+    }
+
+
 def white_box_best_margin(stages: list[dict], idx: np.ndarray, n: int) -> np.ndarray:
     """Per point of ``idx`` (indices into the ``n`` evaluated points): the lowest margin
     any white-box stage reached there (inf where none ran)."""
@@ -321,14 +346,23 @@ def analyse(
     """The measurements of the module docstring on ``x, y`` (``a``: the analysis section);
     figures go to ``fig_dir``. Returns the report without settings."""
     n, bs = len(x), int(a.batch_size)
-    with progress_bar(total=n * len(ensemble.components), desc="black-box gap", unit="pt") as bar:
+    num_runs = 1 + int(a.other_keys)
+    total = n * len(ensemble.components) * num_runs
+    other_gaps = []
+    with progress_bar(total=total, desc="black-box gap", unit="pt") as bar:
         clean_margin, clean, stages = run_components(
             ensemble, model, x, y, jax.random.fold_in(key, 0), bounds=bounds, batch_size=bs,
             pbar=bar,
         )  # fmt: skip
+        for k in range(1, num_runs):
+            other = run_components(
+                ensemble, model, x, y, jax.random.fold_in(jax.random.fold_in(key, 2), k),
+                bounds=bounds, batch_size=bs, pbar=bar,
+            )[2]  # fmt: skip
+            other_gaps.append(black_box_only(other))
     first_black = next(k for k, s in enumerate(stages) if s["kind"] == "black_box")
     black = stages[first_black]
-    gap_idx = black["idx"][black["fooled"]]
+    gap_idx = black_box_only(stages)
     x_black, black_margin = black["x_adv"][black["fooled"]], black["margin"][black["fooled"]]
     after_white = black["idx"]  # the points the white-box stages before it leave robust
     wb_all = white_box_best_margin(stages, after_white, n)
@@ -375,6 +409,7 @@ def analyse(
             "zero_gradient_fraction": _summary(zero_frac),
             "sign_gradient_cosine": _summary(cos),
         },
+        "gap_over_keys": gap_over_keys([gap_idx] + other_gaps, n),
         "robust_after_white_box": {
             "count": int(len(after_white)),
             "white_box_best_margin": _summary(wb_all),
@@ -423,6 +458,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "model_step": int(trained.step),
         "ensemble": a.ensemble,
         "restarts": [int(r) for r in a.restarts],
+        "other_keys": int(a.other_keys),
         "segment_points": int(a.segment_points),
         "seed": int(config.seed),
     }
