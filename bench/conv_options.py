@@ -23,9 +23,9 @@ compiler_options=...)`` on batch 128 (the training step's batch):
 
 PyTorch runs ``conv2d``, ``conv2d_input`` and ``conv2d_weight`` on the same arrays
 (NCHW); the columns' product is compared with PyTorch's whole convolution (``conv2d``,
-the time to beat). Each program's largest difference from the program compiled without options
-(relative to its largest value) is reported too: a difference shows that another
-kernel ran (0.0 says XLA:CPU ran the same code, whatever the option). An option set
+the time to beat). Each program's largest difference from the program compiled
+without options (relative to its largest value) is reported too: a difference shows
+that another kernel ran (0.0 says XLA:CPU ran the same code, whatever the option). An option set
 the installed jaxlib rejects is reported with jaxlib's message. Programs run in
 interleaved rounds after a short rest (`attacks.settle`); reported are medians (the
 first round left out) and ratios to torch (below 1: faster than torch). Nothing is

@@ -29,7 +29,8 @@ For them the analysis reports:
 5. **The gap under other keys**: the whole ensemble again, component by component, under
    ``analysis.other_keys`` further keys; the gap's size under each key, and how many
    points are in the gap under some key (the union) and under every key. A gap that
-   moves from key to key is made of points on which every attack's outcome is a draw.
+   moves from key to key is made of points on which the attacks' outcomes depend on
+   their random draws.
 
 Writes ``DIR/black_box_gap.json`` and ``DIR/figures/{margins,segments,examples}.png``.
 """
