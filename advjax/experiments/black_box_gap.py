@@ -225,10 +225,15 @@ def run_components(
     return clean_margin, correct, stages
 
 
+def first_black_box(stages: list[dict]) -> dict:
+    """The first black-box stage of `run_components`' stages."""
+    return next(s for s in stages if s["kind"] == "black_box")
+
+
 def black_box_only(stages: list[dict]) -> np.ndarray:
     """The points the first black-box stage fools (those the white-box stages before
     it left robust)."""
-    black = next(s for s in stages if s["kind"] == "black_box")
+    black = first_black_box(stages)
     return black["idx"][black["fooled"]]
 
 
@@ -361,8 +366,7 @@ def analyse(
                 bounds=bounds, batch_size=bs, pbar=bar,
             )[2]  # fmt: skip
             other_gaps.append(black_box_only(other))
-    first_black = next(k for k, s in enumerate(stages) if s["kind"] == "black_box")
-    black = stages[first_black]
+    black = first_black_box(stages)
     gap_idx = black_box_only(stages)
     x_black, black_margin = black["x_adv"][black["fooled"]], black["margin"][black["fooled"]]
     after_white = black["idx"]  # the points the white-box stages before it leave robust
