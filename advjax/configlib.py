@@ -31,6 +31,7 @@ import json
 import os
 import re
 import sys
+import traceback
 from typing import Any
 
 import ml_collections
@@ -63,6 +64,13 @@ SHARED_SECTIONS = ("eps",)
 def one_line(message: str) -> str:
     """``message`` with all whitespace runs (newlines included) collapsed to one space."""
     return " ".join(str(message).split())
+
+
+def _line_in(err: Exception, path: str) -> str:
+    """ " at line N", the last line of ``path`` in ``err``'s traceback ("" if none)."""
+    target = os.path.abspath(path)
+    lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == target]
+    return f" at line {lines[-1]}" if lines else ""
 
 
 def _user_error(err: Exception, prefix: str = "") -> ConfigError:
@@ -105,6 +113,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         ) from None
     except ImportError as err:
         raise ConfigError(f"config file {path!r} cannot be imported: {one_line(err)}") from None
+    except Exception as err:
+        raise ConfigError(
+            f"config file {path!r}{_line_in(err, path)}: {type(err).__name__}: {one_line(err)}"
+        ) from None
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"config file {path!r} defines no get_config(arg) function")
     allowed = getattr(module, "ARGS", None)
@@ -119,6 +131,11 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         config = module.get_config(arg) if arg else module.get_config()
     except ValueError as err:
         raise _user_error(err, f"config {spec!r}: ") from None
+    except Exception as err:  # A bug in the config file itself: say where.
+        raise ConfigError(
+            f"config file {path!r}{_line_in(err, path)}: get_config raised "
+            f"{type(err).__name__}: {one_line(err)}"
+        ) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"config file {path!r}: get_config must return a ConfigDict")
     model = config.get("model")
@@ -254,6 +271,12 @@ def check_attack_config(attack, *, key: str) -> None:
     """
     from advjax.attacks import ATTACKS
 
+    if not hasattr(attack, "keys"):
+        raise ConfigError(f"config key '{key}': got {attack!r}; must be an attack config section")
+    if "name" not in attack:
+        raise ConfigError(
+            f"config key '{key}.name': missing; name the attack ({', '.join(ATTACKS.names())})"
+        )
     try:
         builder = ATTACKS.get(attack.name, key=f"{key}.name")
     except registry.UnknownNameError as err:
@@ -360,7 +383,7 @@ def _validate(config) -> None:
             "config key 'train.tensorboard': True needs the tensorboardX package "
             "(pip install tensorboardX); or set it to False"
         )
-    if t.val_attack.name != "none":
+    if not (hasattr(t.val_attack, "keys") and t.val_attack.get("name") == "none"):
         check_attack_config(t.val_attack, key="train.val_attack")
     if "attack" in t.objective:
         check_attack_config(t.objective.attack, key="train.objective.attack")

@@ -66,6 +66,19 @@ def bad_config_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("configs")
     (folder / "syntax.py").write_text("def get_config(:\n    pass\n")
     (folder / "noget.py").write_text("X = 1\n")
+    # Config files that build the default config and then break it: a value where an
+    # attack section belongs, attack sections without their name, and a get_config that
+    # raises (a string where a section was); and a config file with an error at import.
+    head = "from configs import mnist_fast\n\n\ndef get_config():\n"
+    head += "    c = mnist_fast.get_config('smoke')\n"
+    for stem, body in {
+        "attack_value": "    c.eval.attacks.foo = 3\n    return c\n",
+        "noname_train": "    del c.train.objective.attack['name']\n    return c\n",
+        "noname_eval": "    del c.eval.attacks.pgd20['name']\n    return c\n",
+        "raises": "    c.train.val_attack = 'pgd'\n",
+    }.items():
+        (folder / f"{stem}.py").write_text(head + body)
+    (folder / "name_error.py").write_text("X = undefined_name\n")
     return folder
 
 
@@ -204,6 +217,11 @@ ROWS = [
     ("config folder", "configs", [], "train", "fresh", "'configs'"),
     ("syntax error", "{bad}/syntax.py", [], "train", "fresh", "syntax.py"),
     ("no get_config", "{bad}/noget.py", [], "train", "fresh", "get_config"),
+    ("attack without name", "{bad}/noname_train.py", [], "train", "fresh", "objective.attack.name"),
+    ("eval attack without name", "{bad}/noname_eval.py", [], "train", "fresh", "pgd20.name"),
+    ("attack as value", "{bad}/attack_value.py", [], "train", "fresh", "eval.attacks.foo"),
+    ("get_config raises", "{bad}/raises.py", [], "train", "fresh", "raises.py' at line 6"),
+    ("name error", "{bad}/name_error.py", [], "train", "fresh", "name_error.py' at line 1"),
     ("config argument", "configs/interactions.py:nosuch", [], "analyze", "fresh", "nosuch"),
     ("config argument 2", "configs/mnist_fast.py:smok", [], "train", "fresh", "smok"),
     ("workdir is a file", SMOKE, [], "train", "file", "is a file"),
