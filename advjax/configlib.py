@@ -179,7 +179,9 @@ def _parse_value(raw: str, current: Any, key: str) -> Any:
         try:
             value = ast.literal_eval(raw) if raw.strip() else ()
         except (ValueError, SyntaxError):
-            raise bad("expected a list such as '(0.1, 0.2)' or '[]'") from None
+            example = repr(tuple(current)) if current else "(0.1, 0.2)"
+            quoted = ", names in quotes" if any(isinstance(v, str) for v in current) else ""
+            raise bad(f"expected a Python list such as {example!r} or '[]'{quoted}") from None
         if not isinstance(value, (tuple, list)):
             value = (value,)
         return type(current)(value)
@@ -333,6 +335,11 @@ def _validate(config) -> None:
         if key in config.data:
             value = config.data[key]
             _require(value >= 0, f"data.{key}", value, "must be >= 0 (0 = all / none)")
+    # Seeds key numpy and JAX generators, which take non-negative integers only.
+    for key, section in (("seed", config), ("data.seed", config.data)):
+        value = section.get("seed")
+        if value is not None:
+            _require(isinstance(value, int) and value >= 0, key, value, "must be an integer >= 0")
     try:
         models.check_model_config(config.model)
     except ValueError as err:

@@ -55,6 +55,7 @@ EXPECTED_ERRORS = (
     configlib.ConfigError,
     registry.UnknownNameError,
     data.DataUnavailableError,
+    data.DataConfigError,
     checkpoints.CheckpointError,
     training.TrainingDivergedError,
     AnalysisError,

@@ -103,6 +103,14 @@ ROWS = [
     ("float type", SMOKE, ["--config.train.num_epochs=x"], "train", "fresh", "num_epochs"),
     ("list parse", SMOKE, ["--config.eval.eps_grid=(0.1,"], "train", "fresh", "eval.eps_grid"),
     (
+        "names unquoted",
+        "configs/mnist_fast.py:smoke",
+        ["--config.eval.attacks.ensemble.attacks=(apgd_ce, square)"],
+        "train",
+        "fresh",
+        "\"('apgd_ce', 'apgd_t', 'square')\" or '[]', names in quotes",
+    ),
+    (
         "negative eps",
         SMOKE,
         ["--config.eval.attacks.pgd20.eps=-0.1"],
@@ -196,6 +204,9 @@ ROWS = [
     ),
     ("devices", SMOKE, ["--config.train.num_devices=4"], "train", "fresh", "train.num_devices"),
     ("ema", SMOKE, ["--config.train.ema_decay=1.5"], "train", "fresh", "train.ema_decay"),
+    ("seed", SMOKE, ["--config.seed=-1"], "train", "fresh", "'seed'"),
+    # Found when the data is read, before training: more held out than there is.
+    ("validation split", SMOKE, ["--config.data.num_val=100000"], "train", "fresh", "num_val"),
     ("checkpoint keep", SMOKE, ["--config.checkpoint.keep=0"], "train", "fresh", "checkpoint.keep"),
     (
         "divergence factor",

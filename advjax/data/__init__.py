@@ -8,6 +8,7 @@ are routed by their prefix.
 from __future__ import annotations
 
 from advjax.data.core import (
+    DataConfigError,
     Dataset,
     DatasetInfo,
     DataUnavailableError,
@@ -21,6 +22,7 @@ from advjax.registry import Registry
 __all__ = [
     "Dataset",
     "DatasetInfo",
+    "DataConfigError",
     "DataUnavailableError",
     "augment",
     "batch_indices",

@@ -19,6 +19,11 @@ class DataUnavailableError(RuntimeError):
     """A dataset is missing and cannot be fetched here; the message says how to get it."""
 
 
+class DataConfigError(ValueError):
+    """A ``config.data`` value that the loaded dataset cannot meet (the message names the
+    key), found when the data is read, before any training or evaluation."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What models, attacks and reports need to know about a dataset.
@@ -87,12 +92,12 @@ def finalize(info, train_x, train_y, test_x, test_y, data_config) -> Dataset:
     num_test = int(data_config.get("num_test", 0) or 0)
     num_val = int(data_config.get("num_val", 0) or 0)
     if min(num_train, num_test, num_val) < 0:
-        raise ValueError(
+        raise DataConfigError(
             f"config keys 'data.num_train'/'data.num_test'/'data.num_val' must be >= 0 "
             f"(0 = all / none); got {num_train}, {num_test}, {num_val}"
         )
     if num_val >= train_x.shape[0]:
-        raise ValueError(
+        raise DataConfigError(
             f"config key 'data.num_val': {num_val} leaves no training data "
             f"({train_x.shape[0]} training examples)"
         )

@@ -26,6 +26,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from advjax.data.core import DataConfigError
 from advjax.registry import one_of
 
 DOMAINS = ("same", "random", "flipped")
@@ -103,7 +104,7 @@ def background_images(
     if background == "colour":
         return np.broadcast_to(colour[:, None, None, :], (n, height, width, 3)).copy()
     if background != "texture":
-        raise ValueError(
+        raise DataConfigError(
             f"config key 'data.background': got {background!r}; allowed: {BACKGROUNDS}"
         )
     theta = math.pi * np.asarray(bg, np.float32) / num_classes
@@ -239,11 +240,11 @@ def load_spurious_benchmark(data_config) -> SpuriousBenchmark:
     one_of(background, BACKGROUNDS, key="data.background")
     one_of(test_domain, DOMAINS, key="data.test_domain")
     if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"config key 'data.rho': got {rho}; allowed: [0, 1]")
+        raise DataConfigError(f"config key 'data.rho': got {rho}; allowed: [0, 1]")
 
     train_obj, train_y, test_obj, test_y, k = _base_arrays(data_config)
     if k < 2:
-        raise ValueError(f"config key 'data.classes': need at least 2 classes, got {k}")
+        raise DataConfigError(f"config key 'data.classes': need at least 2 classes, got {k}")
     num_train = int(data_config.get("num_train", 0) or 0)
     num_test = int(data_config.get("num_test", 0) or 0)
     if num_train and num_train < train_obj.shape[0]:

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax.data.core import DataConfigError
+
 # Wide enough that no sample or perturbation reaches it; finite so reports stay valid JSON.
 UNBOUNDED = (-1.0e6, 1.0e6)
 
@@ -84,7 +86,7 @@ def tsipras_params(data_config) -> dict:
     eta = float(data_config.get("eta", 0.0) or 0.0) or 3.0 / math.sqrt(dim)
     p = float(data_config.get("p", 0.95))
     if dim < 1 or not 0.0 < p < 1.0 or eta <= 0:
-        raise ValueError(
+        raise DataConfigError(
             f"config keys 'data.dim'/'data.p'/'data.eta': need dim >= 1, 0 < p < 1, eta > 0; "
             f"got dim={dim}, p={p}, eta={eta}"
         )
@@ -102,7 +104,7 @@ def moayeri_params(data_config) -> dict:
         "noise_spurious": float(data_config.get("noise_spurious", 1.0)),
     }
     if params["d_core"] < 1 or params["d_spurious"] < 1:
-        raise ValueError(
+        raise DataConfigError(
             f"config keys 'data.d_core'/'data.d_spurious' must be >= 1; got "
             f"{params['d_core']}, {params['d_spurious']}"
         )
