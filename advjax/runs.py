@@ -202,16 +202,33 @@ def full_test_set_config(eval_config, num_test: int):
     return full
 
 
+def load_data(config, dataset: data.Dataset | None = None) -> data.Dataset:
+    """``config.data``'s dataset (``dataset`` when given), checked against ``config.eval``
+    before any training or evaluation starts.
+
+    Raises:
+      DataConfigError: ``eval.num_examples`` asks for more examples than the test set has.
+    """
+    dataset = dataset if dataset is not None else data.load_dataset(config.data)
+    wanted = config.eval.get("num_examples", 0)
+    if wanted > dataset.num_test:
+        raise data.DataConfigError(
+            f"config key 'eval.num_examples': {wanted} is more than the {dataset.num_test} "
+            "examples of the test set; 0 evaluates the whole test set"
+        )
+    return dataset
+
+
 def evaluate_run(config, workdir: str, *, dataset: data.Dataset | None = None) -> dict:
     """``--mode eval``: evaluates the run's last (or best) checkpoint with ``config.eval``
     and writes the ``eval`` section of ``report.json``, naming the step it evaluated."""
     if config.model.get("torch_checkpoint"):
-        dataset = dataset if dataset is not None else data.load_dataset(config.data)
+        dataset = load_data(config, dataset)
         model = load_torch_model(config, dataset.info)
         os.makedirs(workdir, exist_ok=True)
     else:
         model = load_trained(workdir, best=config.eval.use_best)
-        dataset = dataset if dataset is not None else data.load_dataset(config.data)
+        dataset = load_data(config, dataset)
     report = read_report(workdir) or {}
     report["eval"] = evaluate_model(config, model, dataset, workdir)
     report["eval"]["evaluated_step"] = model.step
@@ -276,7 +293,7 @@ def _evaluate_regression(config, model: TrainedModel, dataset: data.Dataset) -> 
 
 
 def _train(config, workdir: str, eval_hook=None, dataset=None):
-    dataset = dataset if dataset is not None else data.load_dataset(config.data)
+    dataset = load_data(config, dataset)
     if distributed.is_main():
         os.makedirs(workdir, exist_ok=True)
         claim_workdir(config, workdir)
@@ -336,7 +353,7 @@ def train_or_load(
     """
     validate(config)
     if config.model.get("torch_checkpoint"):
-        dataset = dataset if dataset is not None else data.load_dataset(config.data)
+        dataset = load_data(config, dataset)
         return load_torch_model(config, dataset.info)
     _, result, _ = _train(config, workdir, eval_hook, dataset)
     return _chosen(config, result)

@@ -207,6 +207,15 @@ ROWS = [
     ("seed", SMOKE, ["--config.seed=-1"], "train", "fresh", "'seed'"),
     # Found when the data is read, before training: more held out than there is.
     ("validation split", SMOKE, ["--config.data.num_val=100000"], "train", "fresh", "num_val"),
+    ("eval size", SMOKE, ["--config.eval.num_examples=100000"], "train", "fresh", "num_examples"),
+    (
+        "eval size, eval",
+        SMOKE,
+        [*TINY, "--config.eval.num_examples=21"],
+        "eval",
+        "finished",
+        "21 is more",
+    ),
     ("checkpoint keep", SMOKE, ["--config.checkpoint.keep=0"], "train", "fresh", "checkpoint.keep"),
     (
         "divergence factor",
