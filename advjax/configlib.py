@@ -532,6 +532,14 @@ def check_workdir(config, workdir: str, mode: str = "train") -> None:
 def _check_same_run(config, workdir: str) -> None:
     old = read_run_config(workdir)
     if old is None:
+        if os.path.isdir(workdir) and os.listdir(workdir):
+            # Training writes config.json first thing: a non-empty folder without one
+            # is someone else's (a home folder, /tmp, another tool's output).
+            raise ConfigError(
+                f"{workdir} is a folder with other files in it and no advjax run "
+                "(no config.json): a run writes checkpoints, metrics and figures there, so "
+                "give a new or empty folder as the workdir"
+            )
         return
     diff = _differences(old, json.loads(to_json(config)))
     if diff:

@@ -90,7 +90,8 @@ def _empty_config_json(workdir):
 # (id, config spec, extra args, mode, workdir kind, expected text in the message)
 # workdir kinds: "fresh" (absent), "file" (a regular file), "empty_cfg" (a folder with an
 # empty config.json), "finished" (a copy of a finished run), "finished_empty_cfg" (that
-# copy with config.json emptied), "empty_dir" (an empty folder).
+# copy with config.json emptied), "empty_dir" (an empty folder), "foreign" (a folder
+# holding a file of someone else's).
 ROWS = [
     ("misspelt key", SMOKE, ["--config.train.nmu_epochs=3"], "train", "fresh", "nmu_epochs"),
     ("misspelt key 2", SMOKE, ["--config.train.lerning_rate=0.1"], "train", "fresh", "lerning_"),
@@ -245,6 +246,7 @@ ROWS = [
     ("config argument", "configs/interactions.py:nosuch", [], "analyze", "fresh", "nosuch"),
     ("config argument 2", "configs/mnist_fast.py:smok", [], "train", "fresh", "smok"),
     ("workdir is a file", SMOKE, [], "train", "file", "is a file"),
+    ("workdir of other files", SMOKE, [], "train", "foreign", "no advjax run"),
     ("empty config.json", SMOKE, [], "train", "empty_cfg", "config.json"),
     ("empty config.json, finished", SMOKE, TINY, "train", "finished_empty_cfg", "config.json"),
     ("empty config.json, eval", SMOKE, TINY, "eval", "finished_empty_cfg", "config.json"),
@@ -313,6 +315,9 @@ def _prepare(row, tmp_path, finished_run, bad_config_files):
         _empty_config_json(workdir)
     elif kind == "empty_dir":
         workdir.mkdir()
+    elif kind == "foreign":
+        workdir.mkdir()
+        (workdir / "notes.txt").write_text("not an advjax run")
     elif kind.startswith("finished"):
         shutil.copytree(finished_run, workdir)
         if kind == "finished_empty_cfg":
