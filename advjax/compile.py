@@ -15,7 +15,9 @@ gated by asking the installed jaxlib: the first advjax program compiled on the C
 first compiles a small product and a convolution with them; if jaxlib rejects the options
 (an older or newer jaxlib without the option) or they change the result, advjax compiles
 without them from then on (`options_status` says which, and why). Other backends get no
-options. ``ADVJAX_XLA_OPTIONS=0`` turns them off.
+options. ``ADVJAX_XLA_OPTIONS=0`` turns them off. On the CPU backend the same first
+program also sets glibc's allocator to keep the memory XLA:CPU frees for its next call
+(`advjax.hostmem`; ``ADVJAX_MALLOC=0`` turns that off).
 
 `jit` is a drop-in for ``jax.jit`` (decorator or call, ``static_argnames`` and every other
 keyword). It resolves the options on the first call, not at import, so importing advjax
@@ -35,6 +37,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from advjax import hostmem
 
 ENV = "ADVJAX_XLA_OPTIONS"
 
@@ -85,6 +89,8 @@ def compiler_options() -> dict[str, str]:
 
 def _resolve() -> dict[str, Any]:
     backend = jax.default_backend()
+    if backend == "cpu":
+        hostmem.tune()  # XLA:CPU's buffers come from malloc (`advjax.hostmem`).
     if os.environ.get(ENV, "").strip().lower() in ("0", "false", "off", "no"):
         return dict(options={}, backend=backend, reason=f"{ENV}=0")
     if backend != "cpu":
@@ -98,9 +104,10 @@ def _resolve() -> dict[str, Any]:
 
 
 def options_status() -> dict[str, Any]:
-    """What `compiler_options` decided: ``options``, ``backend`` and ``reason``."""
+    """What `compiler_options` decided: ``options``, ``backend`` and ``reason``; and
+    ``malloc``, what `advjax.hostmem.tune` set (on the CPU backend)."""
     compiler_options()
-    return dict(_status)
+    return dict(_status, malloc=hostmem.status())
 
 
 def reset() -> None:

@@ -125,24 +125,15 @@ def adversarially_trained(name: str, data, *, steps: int, batch: int = 128, seed
 def torch_model(name: str, variables, device):
     """The same network in PyTorch (NCHW) with the flax weights copied in (eval mode)."""
     import torch
-    from torch import nn
+    from torch_loop import torch_net
 
     p = jax.tree.map(np.asarray, variables)["params"]
     if name == "madry_cnn":
-        net = nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(7 * 7 * 64, 1024), nn.ReLU(), nn.Linear(1024, 10),
-        )  # fmt: skip
+        net = torch_net(name)
         convs, dense, hw, ch = (0, 3), (7, 9), 7, 64
     elif name == "small_cnn":
         c0, c1 = p["Conv_0"]["kernel"].shape[-1], p["Conv_1"]["kernel"].shape[-1]
-        hidden = p["Dense_0"]["kernel"].shape[-1]
-        net = nn.Sequential(
-            nn.Conv2d(1, c0, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c0, c1, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(7 * 7 * c1, hidden), nn.ReLU(), nn.Linear(hidden, 10),
-        )  # fmt: skip
+        net = torch_net(name, c0=c0, c1=c1, hidden=p["Dense_0"]["kernel"].shape[-1])
         convs, dense, hw, ch = (0, 2), (5, 7), 7, c1
     else:
         raise ValueError(f"no PyTorch twin for model {name!r}")

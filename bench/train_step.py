@@ -5,11 +5,22 @@ A step is forward, cross-entropy, backward and an Adam update (lr 1e-3) on a bat
 weights (the flax initialisation copied into torch; the first step's losses are
 asserted to agree). The flax step is one jitted function with the parameters and
 optimiser state donated (what advjax's training loop compiles); the torch step is the
-textbook ``zero_grad / backward / step``. Steps run in interleaved rounds of
-``--steps`` steps each, each side after a short rest on a CPU (``attacks.settle``: the
-other framework's threads go idle first); reported are the median seconds per step, the
-ratio (advjax over torch: below 1 means advjax is faster), the compile time apart, peak
-memory and the machine's load average. Nothing is set in the environment.
+textbook ``zero_grad / backward / step``.
+
+PyTorch runs twice, on the same weights and batches:
+
+* ``plain_torch``, the reference of record: `torch_loop.py` in a process of its own,
+  which imports neither JAX nor advjax, so PyTorch allocates memory as it does for a
+  user who runs a plain loop;
+* ``torch_same_process``: the same loop in this process, after advjax set glibc's
+  allocator for the process (`advjax.hostmem`; XLA:CPU otherwise faults its buffers
+  in again on every call). It shows what PyTorch would get from the same setting.
+
+Steps run in interleaved rounds of ``--steps`` steps each (advjax, plain_torch,
+torch_same_process), each side after a short rest on a CPU (``attacks.settle``: the
+other sides' threads go idle first); reported are the median seconds per step, the
+ratios (advjax over each torch: below 1 means advjax is faster), the compile time
+apart, peak memory and the machine's load average. Nothing is set in the environment.
 
 Run: ``.venv/bin/python bench/train_step.py [--quick] [--device cuda]``.
 """
@@ -19,8 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -60,6 +74,37 @@ def flax_step(module, opt):
         return optax.apply_updates(variables, updates), state, value
 
     return jit(step, donate_argnums=(0, 1))
+
+
+class PlainTorch:
+    """`torch_loop.py` in a subprocess for one model: ``ask(command)`` -> its JSON answer."""
+
+    def __init__(self, name: str, folder: str, args):
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+               "torch_loop.py"), "--model", name, "--state", f"{folder}/state.pt",
+               "--batches", f"{folder}/batches.npz", "--steps", str(args.steps),
+               "--device", args.device, "--threads", str(args.torch_threads)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"torch_loop.py ended (exit code {self.proc.wait()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"torch_loop.py: {answer['error']}")
+        return answer
+
+    def ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def main(argv=None):
@@ -120,6 +165,9 @@ def main(argv=None):
             "settle_s_before_each_side": 0.0 if gpu else SETTLE_S,
             "rounds": args.rounds,
             "ratio": "advjax seconds per step / torch seconds per step (below 1: advjax faster)",
+            "plain_torch": "bench/torch_loop.py in a process of its own (PyTorch's allocator "
+            "defaults); torch_same_process: the same loop in this process, after advjax "
+            "set glibc's allocator (advjax.hostmem)",
         },
         "models": {},
     }
@@ -145,6 +193,13 @@ def main(argv=None):
             t_opt.step()
             return loss
 
+        # The plain loop's process starts from the same weights and batches.
+        tmp = tempfile.mkdtemp(prefix="advjax-train-step-")
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, f"{tmp}/state.pt")
+        np.savez(f"{tmp}/batches.npz", x=data.train_x[idx].transpose(0, 1, 4, 2, 3),
+                 y=data.train_y[idx].astype(np.int64))  # fmt: skip
+        plain = PlainTorch(name, tmp, args)
+
         # Same weights: the first batch's loss at float32 precision on both sides (on a GPU
         # the timed steps run at each framework's default, TF32 convolutions).
         with full_precision(), torch.no_grad():
@@ -159,13 +214,21 @@ def main(argv=None):
         variables, state, loss_j = compiled(variables, state, xs_j[0], ys_j[0])
         loss_t = torch_step(xs_t[0], ys_t[0])
         gap = abs(float(loss_j) - float(loss_t))
-        times = {"advjax": [], "plain_torch": []}
+        plain_gap = abs(float(loss_j) - plain.ask("first")["loss"])
+        times = {"advjax": [], "plain_torch": [], "torch_same_process": []}
         memory = {}
         carry = {"v": variables, "s": state}
+        losses_end = {}
         for r in range(args.rounds):
             batches = range(1 + r * args.steps, 1 + (r + 1) * args.steps)
             for side in times:
                 settle(args.device)
+                if side == "plain_torch":
+                    answer = plain.ask(f"round {r}")
+                    times[side].append(answer["s_per_step"])
+                    losses_end[side] = answer["loss"]
+                    memory[side] = {"process_peak_rss_mb": round(answer["peak_rss_mb"], 1)}
+                    continue
                 with PeakRSS() as peak:
                     t0 = time.perf_counter()
                     if side == "advjax":
@@ -174,12 +237,16 @@ def main(argv=None):
                                 carry["v"], carry["s"], xs_j[b], ys_j[b]
                             )
                         jax.block_until_ready(carry["v"])
+                        losses_end[side] = float(loss_j)
                     else:
                         for b in batches:
                             loss_t = torch_step(xs_t[b], ys_t[b])
                         synchronize(args.device)
+                        losses_end[side] = float(loss_t)
                     times[side].append((time.perf_counter() - t0) / args.steps)
                 memory[side] = max(memory.get(side, 0.0), peak.mb)
+        plain.close()
+        shutil.rmtree(tmp, ignore_errors=True)
         med = {k: round(statistics.median(v), 5) for k, v in times.items()}
         mem = compiled.memory_analysis()
         entry = {
@@ -188,10 +255,14 @@ def main(argv=None):
             "median_s_per_step": med,
             "all_rounds_s_per_step": {k: [round(t, 5) for t in v] for k, v in times.items()},
             "ratio_advjax_over_plain_torch": round(med["advjax"] / med["plain_torch"], 3),
+            "ratio_advjax_over_torch_same_process": round(
+                med["advjax"] / med["torch_same_process"], 3
+            ),
+            "plain_torch_first_step_loss_gap": plain_gap,
             "advjax_compile_s": round(compile_s, 2),
             "advjax_xla_temp_mb": round(mem.temp_size_in_bytes / 2**20, 1) if mem else None,
             "peak_rss_growth_mb": memory,
-            "final_loss": {"advjax": float(loss_j), "plain_torch": float(loss_t)},
+            "final_loss": losses_end,
         }
         print(f"{name}: {entry}", flush=True)
         result["models"][name] = entry
