@@ -12,9 +12,10 @@ PyTorch runs twice, on the same weights and batches:
 * ``plain_torch``, the reference of record: `torch_loop.py` in a process of its own,
   which imports neither JAX nor advjax, so PyTorch allocates memory as it does for a
   user who runs a plain loop;
-* ``torch_same_process``: the same loop in this process, after advjax set glibc's
-  allocator for the process (`advjax.hostmem`; XLA:CPU otherwise faults its buffers
-  in again on every call). It shows what PyTorch would get from the same setting.
+* ``torch_same_process``: the same loop in this process. With ``ADVJAX_MALLOC=1``
+  advjax sets glibc's allocator for the process (`advjax.hostmem`), and this loop shows
+  what PyTorch gets from the same setting; without it, the two PyTorch rows time the
+  same thing.
 
 Steps run in interleaved rounds of ``--steps`` steps each (advjax, plain_torch,
 torch_same_process), each side after a short rest on a CPU (``attacks.settle``: the
@@ -166,8 +167,8 @@ def main(argv=None):
             "rounds": args.rounds,
             "ratio": "advjax seconds per step / torch seconds per step (below 1: advjax faster)",
             "plain_torch": "bench/torch_loop.py in a process of its own (PyTorch's allocator "
-            "defaults); torch_same_process: the same loop in this process, after advjax "
-            "set glibc's allocator (advjax.hostmem)",
+            "defaults); torch_same_process: the same loop in this process (with advjax's "
+            "allocator settings when ADVJAX_MALLOC=1, see machine.advjax_compile_options)",
         },
         "models": {},
     }
