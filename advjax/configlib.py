@@ -530,6 +530,8 @@ def check_workdir(config, workdir: str, mode: str = "train") -> None:
 
 
 def _check_same_run(config, workdir: str) -> None:
+    """Raises `ConfigError` when ``workdir`` holds a run of another config, or files
+    and no run at all; an absent or empty folder, or this config's run, passes."""
     old = read_run_config(workdir)
     if old is None:
         if os.path.isdir(workdir) and os.listdir(workdir):

@@ -48,6 +48,18 @@ def torch_net(name: str, *, c0: int = 16, c1: int = 32, hidden: int = 100):
     raise ValueError(f"no PyTorch twin for model {name!r}")
 
 
+def train_step(net, opt, xb, yb):
+    """One textbook PyTorch step: ``zero_grad``, cross-entropy, ``backward``, ``opt.step``;
+    returns the loss (the reference step of `bench/train_step.py`, in either process)."""
+    import torch.nn.functional as F
+
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(net(xb), yb)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -60,7 +72,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,11 +90,7 @@ def main(argv=None) -> None:
         ys = [torch.from_numpy(y.astype(np.int64)).to(device) for y in f["y"]]
 
     def step(b):
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(xs[b]), ys[b])
-        loss.backward()
-        opt.step()
-        return loss
+        return train_step(net, opt, xs[b], ys[b])
 
     def sync():
         if device.type == "cuda":

@@ -59,6 +59,7 @@ from attacks import (  # noqa: E402
     synchronize,
     torch_model,
 )
+from torch_loop import train_step  # noqa: E402
 
 from advjax import losses, models  # noqa: E402
 from advjax.compile import jit  # noqa: E402
@@ -188,18 +189,7 @@ def main(argv=None):
         ys_t = [torch.from_numpy(data.train_y[i].astype(np.int64)).to(tdev) for i in idx]
 
         def torch_step(xb, yb, net=net, t_opt=t_opt):
-            t_opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(xb), yb)
-            loss.backward()
-            t_opt.step()
-            return loss
-
-        # The plain loop's process starts from the same weights and batches.
-        tmp = tempfile.mkdtemp(prefix="advjax-train-step-")
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, f"{tmp}/state.pt")
-        np.savez(f"{tmp}/batches.npz", x=data.train_x[idx].transpose(0, 1, 4, 2, 3),
-                 y=data.train_y[idx].astype(np.int64))  # fmt: skip
-        plain = PlainTorch(name, tmp, args)
+            return train_step(net, t_opt, xb, yb)
 
         # Same weights: the first batch's loss at float32 precision on both sides (on a GPU
         # the timed steps run at each framework's default, TF32 convolutions).
@@ -209,6 +199,12 @@ def main(argv=None):
             )(variables, xs_j[0], ys_j[0])
             full_gap = abs(float(loss_full) - float(F.cross_entropy(net(xs_t[0]), ys_t[0])))
         assert full_gap < 1e-4, f"{name}: first-batch losses differ by {full_gap}"
+        # The plain loop's process starts from the same weights and batches.
+        tmp = tempfile.mkdtemp(prefix="advjax-train-step-")
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, f"{tmp}/state.pt")
+        np.savez(f"{tmp}/batches.npz", x=data.train_x[idx].transpose(0, 1, 4, 2, 3),
+                 y=data.train_y[idx].astype(np.int64))  # fmt: skip
+        plain = PlainTorch(name, tmp, args)
         t0 = time.perf_counter()
         compiled = step.lower(variables, state, xs_j[0], ys_j[0]).compile()
         compile_s = time.perf_counter() - t0
