@@ -15,9 +15,9 @@ gated by asking the installed jaxlib: the first advjax program compiled on the C
 first compiles a small product and a convolution with them; if jaxlib rejects the options
 (an older or newer jaxlib without the option) or they change the result, advjax compiles
 without them from then on (`options_status` says which, and why). Other backends get no
-options. ``ADVJAX_XLA_OPTIONS=0`` turns them off. On the CPU backend, with
-``ADVJAX_MALLOC=1``, the same first program also sets glibc's allocator to keep the
-memory XLA:CPU frees for its next call (`advjax.hostmem`).
+options. ``ADVJAX_XLA_OPTIONS=0`` turns them off. On the CPU backend the same first
+program also sets glibc's allocator to keep the memory XLA:CPU frees for its next call
+(`advjax.hostmem`; ``ADVJAX_MALLOC=0`` turns that off).
 
 `jit` is a drop-in for ``jax.jit`` (decorator or call, ``static_argnames`` and every other
 keyword). It resolves the options on the first call, not at import, so importing advjax

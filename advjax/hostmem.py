@@ -7,7 +7,7 @@ back to the operating system, so the next call faults every page in again: on a 
 machine the Madry CNN's training step (batch 128, 46.5 MiB of temporary buffers) took
 about 12,000 page faults, some 15 ms of an 85-95 ms step. advjax therefore sets three of
 glibc's ``mallopt`` parameters, once per process, the first time it compiles a program
-for the CPU backend (`advjax.compile`), when ``ADVJAX_MALLOC=1`` asks for it:
+for the CPU backend (`advjax.compile`); ``ADVJAX_MALLOC=0`` leaves the allocator alone:
 
 * ``M_MMAP_MAX`` 0: every block comes from the heaps, where a freed block is reused by
   the next call instead of being unmapped;
@@ -17,16 +17,15 @@ for the CPU backend (`advjax.compile`), when ``ADVJAX_MALLOC=1`` asks for it:
   when it shrinks (without it the heaps of XLA's worker threads still gave back, and
   faulted in again, a few thousand pages per step).
 
-The settings are off by default because they are not a win everywhere: the default
-run's small-CNN training, whose buffers are small, ran about 5% slower with them (median
-2,461 against 2,629 examples per second over a whole run; slower in four of four
-alternating two-epoch runs), while the Madry CNN's step took 0.87-0.97x a plain PyTorch
-loop's time with them against 1.03-1.12x without (`bench/train_step.py`). What the
-process has freed also stays mapped for reuse, so its resident size stays near the
-largest it has reached (the Madry CNN step: about 40 MB more peak memory). A C library
-other than glibc (musl, macOS, Windows) is left alone. The settings are process-wide:
-every library in the process allocates this way from then on (`status` says what was
-set), so ``bench/train_step.py`` times its plain PyTorch loop in a process of its own.
+With them the Madry CNN's step took 0.89-0.94x a plain PyTorch loop's time in four
+runs, against 1.03-1.12x without (`bench/train_step.py`). The default run is neither
+faster nor slower with them: `bench/malloc_ab.py` runs its training and evaluation in
+fresh processes, alternating with and without the settings (0.99x the time). What the
+process has freed stays mapped for reuse, so its resident size stays near the largest
+it has reached (the Madry CNN step: about 40 MB more peak memory). A C library other
+than glibc (musl, macOS, Windows) is left alone. The settings are process-wide: every
+library in the process allocates this way from then on (`status` says what was set), so
+``bench/train_step.py`` times its plain PyTorch loop in a process of its own.
 """
 
 from __future__ import annotations
@@ -67,13 +66,13 @@ def _glibc():
 
 
 def tune() -> dict[str, Any]:
-    """Sets `SETTINGS` with ``mallopt`` once per process when ``ADVJAX_MALLOC=1``;
+    """Sets `SETTINGS` with ``mallopt`` once per process unless ``ADVJAX_MALLOC=0``;
     returns `status`."""
     with _lock:
         if _status:
             return dict(_status)
-        if os.environ.get(ENV, "").strip().lower() not in ("1", "true", "on", "yes"):
-            _status.update(applied={}, reason=f"off ({ENV}=1 turns it on)")
+        if os.environ.get(ENV, "").strip().lower() in ("0", "false", "off", "no"):
+            _status.update(applied={}, reason=f"{ENV}=0: allocator left alone")
             return dict(_status)
         libc = _glibc()
         if libc is None:

@@ -3,8 +3,8 @@
 The benchmarks' PyTorch twins of advjax's MNIST models are built here (`torch_net`), with
 torch and numpy alone. Run as a script, this module is the reference of
 `bench/train_step.py`: a process that imports neither JAX nor advjax, so it allocates
-memory as PyTorch does by default (with ``ADVJAX_MALLOC=1`` advjax sets glibc's
-allocator for its own process, `advjax.hostmem`). It reads the network's weights (a
+memory as PyTorch does by default (advjax sets glibc's allocator for its own process,
+`advjax.hostmem`, unless ``ADVJAX_MALLOC=0``). It reads the network's weights (a
 ``state_dict`` file) and the batches (``.npz``: ``x`` NCHW float32, ``y`` int64, one row
 of batches per step), then answers one JSON line per command on stdin:
 

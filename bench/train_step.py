@@ -12,10 +12,9 @@ PyTorch runs twice, on the same weights and batches:
 * ``plain_torch``, the reference of record: `torch_loop.py` in a process of its own,
   which imports neither JAX nor advjax, so PyTorch allocates memory as it does for a
   user who runs a plain loop;
-* ``torch_same_process``: the same loop in this process. With ``ADVJAX_MALLOC=1``
-  advjax sets glibc's allocator for the process (`advjax.hostmem`), and this loop shows
-  what PyTorch gets from the same setting; without it, the two PyTorch rows time the
-  same thing.
+* ``torch_same_process``: the same loop in this process. advjax sets glibc's allocator
+  for the process (`advjax.hostmem`), so this loop shows what PyTorch gets from the
+  same setting; with ``ADVJAX_MALLOC=0`` the two PyTorch rows time the same thing.
 
 Steps run in interleaved rounds of ``--steps`` steps each (advjax, plain_torch,
 torch_same_process), each side after a short rest on a CPU (``attacks.settle``: the
@@ -169,7 +168,7 @@ def main(argv=None):
             "ratio": "advjax seconds per step / torch seconds per step (below 1: advjax faster)",
             "plain_torch": "bench/torch_loop.py in a process of its own (PyTorch's allocator "
             "defaults); torch_same_process: the same loop in this process (with advjax's "
-            "allocator settings when ADVJAX_MALLOC=1, see machine.advjax_compile_options)",
+            "allocator settings unless ADVJAX_MALLOC=0, see machine.advjax_compile_options)",
         },
         "models": {},
     }

@@ -1,6 +1,6 @@
-"""advjax.hostmem: with ``ADVJAX_MALLOC=1`` the first CPU program advjax compiles sets
-glibc's allocator so that large blocks come from the heaps (reused from call to call)
-instead of being mapped and unmapped; by default it is left alone. Each case runs in a
+"""advjax.hostmem: the first CPU program advjax compiles sets glibc's allocator so that
+large blocks come from the heaps (reused from call to call) instead of being mapped and
+unmapped; with ``ADVJAX_MALLOC=0`` it is left alone. Each case runs in a
 fresh process: the settings are process-wide and made once."""
 
 from __future__ import annotations
@@ -57,10 +57,11 @@ def _probe(**env) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_the_first_cpu_program_keeps_large_blocks_in_the_heaps_when_asked():
-    tuned = _probe(**{hostmem.ENV: "1"})
-    untouched = _probe()
-    assert untouched["status"] == {"applied": {}, "reason": f"off ({hostmem.ENV}=1 turns it on)"}
+def test_the_first_cpu_program_keeps_large_blocks_in_the_heaps_unless_told_not_to():
+    tuned = _probe()  # Nothing set: the default.
+    untouched = _probe(**{hostmem.ENV: "0"})
+    left_alone = {"applied": {}, "reason": f"{hostmem.ENV}=0: allocator left alone"}
+    assert untouched["status"] == left_alone
     assert tuned["options_status"] == tuned["status"]
     if hostmem._glibc() is None:  # Another C library: left alone.
         assert tuned["status"] == {"applied": {}, "reason": "not glibc: allocator left alone"}
