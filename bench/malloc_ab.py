@@ -124,17 +124,9 @@ def main(argv=None) -> dict:
     ratios = {
         k: summary["with"][k] / summary["without"][k] for k in ("train_s", "eval_s", "process_s")
     }
+    by_round = {(r["round"], r["setting"]): r for r in runs}
     pairs = {
-        k: [
-            a[k] / b[k]
-            for a, b in (
-                (
-                    next(x for x in runs if x["round"] == r and x["setting"] == "with"),
-                    next(x for x in runs if x["round"] == r and x["setting"] == "without"),
-                )
-                for r in range(args.rounds)
-            )
-        ]
+        k: [by_round[r, "with"][k] / by_round[r, "without"][k] for r in range(args.rounds)]
         for k in ("train_s", "eval_s", "process_s")
     }
     same = len({(r["clean_accuracy"], r["robust_accuracy"]) for r in runs}) == 1
