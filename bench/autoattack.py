@@ -50,7 +50,9 @@ from attacks import EPS, RESULTS, adversarially_trained, torch_model  # noqa: E4
 from advjax import models  # noqa: E402
 from advjax import runs as advjax_runs  # noqa: E402
 from advjax.attacks import build_attack, fold_in_each, name_id  # noqa: E402
+from advjax.checkpoints import CheckpointError  # noqa: E402
 from advjax.compile import jit  # noqa: E402
+from advjax.configlib import ConfigError  # noqa: E402
 from advjax.data import load_dataset  # noqa: E402
 
 REFERENCE_ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -163,7 +165,10 @@ def main(argv=None):
         )
     )
     if args.workdir:
-        trained = advjax_runs.load_trained(args.workdir, best=True)
+        try:
+            trained = advjax_runs.load_trained(args.workdir, best=True)
+        except (CheckpointError, ConfigError) as e:
+            parser.error(f"--workdir: {e}")
         model_cfg = {k: v for k, v in trained.config.model.items() if v not in ("", None)}
         if model_cfg != {"name": "small_cnn"}:
             parser.error(f"--workdir: the run's model is {model_cfg}; only the default small_cnn")
