@@ -152,8 +152,8 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
-    unknown = [c for c in components if c not in REFERENCE_ORDER]
-    if unknown or list(components) != [c for c in REFERENCE_ORDER if c in components]:
+    # Unknown, repeated or reordered names all make the two lists differ.
+    if not components or list(components) != [c for c in REFERENCE_ORDER if c in components]:
         parser.error(f"--components: a subset of {','.join(REFERENCE_ORDER)} in that order")
     import pyautoattack
     import torch
