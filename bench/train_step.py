@@ -103,9 +103,18 @@ class PlainTorch:
         return self._read()
 
     def close(self) -> None:
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        """Ends the process, also after an error on either side."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+            except OSError:  # It ended meanwhile.
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def main(argv=None):
@@ -203,46 +212,50 @@ def main(argv=None):
         torch.save({k: v.cpu() for k, v in net.state_dict().items()}, f"{tmp}/state.pt")
         np.savez(f"{tmp}/batches.npz", x=data.train_x[idx].transpose(0, 1, 4, 2, 3),
                  y=data.train_y[idx].astype(np.int64))  # fmt: skip
-        plain = PlainTorch(name, tmp, args)
-        t0 = time.perf_counter()
-        compiled = step.lower(variables, state, xs_j[0], ys_j[0]).compile()
-        compile_s = time.perf_counter() - t0
-        variables, state, loss_j = compiled(variables, state, xs_j[0], ys_j[0])
-        loss_t = torch_step(xs_t[0], ys_t[0])
-        gap = abs(float(loss_j) - float(loss_t))
-        plain_gap = abs(float(loss_j) - plain.ask("first")["loss"])
-        times = {"advjax": [], "plain_torch": [], "torch_same_process": []}
-        memory = {}
-        carry = {"v": variables, "s": state}
-        losses_end = {}
-        for r in range(args.rounds):
-            batches = range(1 + r * args.steps, 1 + (r + 1) * args.steps)
-            for side in times:
-                settle(args.device)
-                if side == "plain_torch":
-                    answer = plain.ask(f"round {r}")
-                    times[side].append(answer["s_per_step"])
-                    losses_end[side] = answer["loss"]
-                    memory[side] = {"process_peak_rss_mb": round(answer["peak_rss_mb"], 1)}
-                    continue
-                with PeakRSS() as peak:
-                    t0 = time.perf_counter()
-                    if side == "advjax":
-                        for b in batches:
-                            carry["v"], carry["s"], loss_j = compiled(
-                                carry["v"], carry["s"], xs_j[b], ys_j[b]
-                            )
-                        jax.block_until_ready(carry["v"])
-                        losses_end[side] = float(loss_j)
-                    else:
-                        for b in batches:
-                            loss_t = torch_step(xs_t[b], ys_t[b])
-                        synchronize(args.device)
-                        losses_end[side] = float(loss_t)
-                    times[side].append((time.perf_counter() - t0) / args.steps)
-                memory[side] = max(memory.get(side, 0.0), peak.mb)
-        plain.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        plain = None
+        try:
+            plain = PlainTorch(name, tmp, args)
+            t0 = time.perf_counter()
+            compiled = step.lower(variables, state, xs_j[0], ys_j[0]).compile()
+            compile_s = time.perf_counter() - t0
+            variables, state, loss_j = compiled(variables, state, xs_j[0], ys_j[0])
+            loss_t = torch_step(xs_t[0], ys_t[0])
+            gap = abs(float(loss_j) - float(loss_t))
+            plain_gap = abs(float(loss_j) - plain.ask("first")["loss"])
+            times = {"advjax": [], "plain_torch": [], "torch_same_process": []}
+            memory = {}
+            carry = {"v": variables, "s": state}
+            losses_end = {}
+            for r in range(args.rounds):
+                batches = range(1 + r * args.steps, 1 + (r + 1) * args.steps)
+                for side in times:
+                    settle(args.device)
+                    if side == "plain_torch":
+                        answer = plain.ask(f"round {r}")
+                        times[side].append(answer["s_per_step"])
+                        losses_end[side] = answer["loss"]
+                        memory[side] = {"process_peak_rss_mb": round(answer["peak_rss_mb"], 1)}
+                        continue
+                    with PeakRSS() as peak:
+                        t0 = time.perf_counter()
+                        if side == "advjax":
+                            for b in batches:
+                                carry["v"], carry["s"], loss_j = compiled(
+                                    carry["v"], carry["s"], xs_j[b], ys_j[b]
+                                )
+                            jax.block_until_ready(carry["v"])
+                            losses_end[side] = float(loss_j)
+                        else:
+                            for b in batches:
+                                loss_t = torch_step(xs_t[b], ys_t[b])
+                            synchronize(args.device)
+                            losses_end[side] = float(loss_t)
+                        times[side].append((time.perf_counter() - t0) / args.steps)
+                    memory[side] = max(memory.get(side, 0.0), peak.mb)
+        finally:
+            if plain is not None:
+                plain.close()
+            shutil.rmtree(tmp, ignore_errors=True)
         med = {k: round(statistics.median(v), 5) for k, v in times.items()}
         mem = compiled.memory_analysis()
         entry = {

@@ -47,7 +47,7 @@ PROBE = textwrap.dedent(
 
 
 def _probe(**env) -> dict:
-    environ = dict(os.environ, JAX_PLATFORMS="cpu", **env)
+    environ = dict(os.environ, JAX_PLATFORMS="cpu")
     environ.pop(hostmem.ENV, None)
     environ.update(env)
     out = subprocess.run(
