@@ -315,6 +315,7 @@ ATTACKS = Registry(
         "apgd_ce": "advjax.attacks.apgd:build_apgd_ce",
         "apgd_dlr": "advjax.attacks.apgd:build_apgd_dlr",
         "apgd_t": "advjax.attacks.apgd:build_apgd_t",
+        "apgd_boundary": "advjax.attacks.boundary:build_apgd_boundary",
         "fab_t": "advjax.attacks.fab:build_fab_t",
         "fab": "advjax.attacks.fab:build_fab",
         "square": "advjax.attacks.square:build_square",

@@ -98,13 +98,22 @@ def _apgd_run(
     rho: float,
     momentum: float,
     unroll: bool | None = None,
+    delta0: jax.Array | None = None,
+    loss_fn: Callable[[jax.Array], jax.Array] | None = None,
 ):
-    """One APGD run; returns (x_adv, success, loss) per example."""
+    """One APGD run; returns (x_adv, success, loss) per example.
+
+    ``delta0`` replaces the uniform random start (it is projected onto the ball and the
+    box); ``loss_fn(logits) -> (batch,)`` replaces the named ``loss``.
+    """
     batch = x.shape[0]
 
     def objective(xa):
         logits = logits_fn(xa)
-        lv = losses.attack_loss(loss, logits, y, target=target)
+        if loss_fn is None:
+            lv = losses.attack_loss(loss, logits, y, target=target)
+        else:
+            lv = loss_fn(logits)
         succ = jnp.argmax(logits, axis=1) != y
         return jnp.sum(lv), (lv, succ)
 
@@ -116,10 +125,12 @@ def _apgd_run(
     def step(xa, g, eta):
         return proj(xa + _expand(eta, xa) * geometry.ascent_direction(g, norm=norm))
 
-    delta0 = jax.vmap(
-        lambda k, xi, ei: geometry.random_init(k, xi[None], norm=norm, eps=ei, bounds=bounds)[0]
-    )(keys, x, eps)
-    x0 = x + delta0
+    if delta0 is None:
+        x0 = x + jax.vmap(
+            lambda k, xi, ei: geometry.random_init(k, xi[None], norm=norm, eps=ei, bounds=bounds)[0]
+        )(keys, x, eps)
+    else:
+        x0 = proj(x + delta0)
     (_, (f0, s0)), g0 = grad_fn(x0)
 
     ckpt = checkpoints(num_steps)

@@ -19,7 +19,10 @@ the components and their restarts / targets as the reference does (``num_steps``
 
 Without ``version`` (the default ``''``) the ensemble is the ``attacks`` list
 (default APGD-CE, APGD-T, Square) with one shared ``num_steps`` / ``num_restarts`` /
-``num_targets``.
+``num_targets``. It may also hold ``apgd_boundary`` (`advjax.attacks.boundary`: a
+margin probe, then many diverse APGD restarts on the points closest to the boundary),
+set by ``boundary_restarts``, ``boundary_steps`` and ``boundary_margin``; the default
+run (``configs/mnist_fast.py``) puts it between APGD-T and Square.
 
 `build_ensemble` returns an `Attack` of kind ``ENSEMBLE`` whose run, traced as one
 program, runs every component on the whole batch and keeps, per example, the first
@@ -45,15 +48,17 @@ from advjax.attacks import (
     name_id,
 )
 from advjax.attacks.apgd import build_apgd_ce, build_apgd_dlr, build_apgd_t
+from advjax.attacks.boundary import build_apgd_boundary
 from advjax.attacks.fab import build_fab, build_fab_t
 from advjax.attacks.square import build_square
 
-COMPONENTS = ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t", "fab", "square")
+COMPONENTS = ("apgd_ce", "apgd_dlr", "apgd_t", "apgd_boundary", "fab_t", "fab", "square")
 VERSIONS = ("", "standard", "plus", "rand")
 _BUILDERS = {
     "apgd_ce": build_apgd_ce,
     "apgd_dlr": build_apgd_dlr,
     "apgd_t": build_apgd_t,
+    "apgd_boundary": build_apgd_boundary,
     "fab_t": build_fab_t,
     "fab": build_fab,
     "square": build_square,
@@ -68,6 +73,9 @@ _DEFAULTS = {
     "num_targets": 9,
     "num_queries": 5000,
     "p_init": 0.8,
+    "boundary_restarts": 120,
+    "boundary_steps": 50,
+    "boundary_margin": 2.0,
 }
 
 
@@ -108,6 +116,16 @@ def _component(name: str, v: dict, settings: dict | None = None) -> Attack:
     common = {"name": name, "norm": v["norm"], "eps": v["eps"]}
     if name == "square":
         return build_square(dict(common, num_queries=v["num_queries"], p_init=v["p_init"]))
+    if name == "apgd_boundary":
+        return build_apgd_boundary(
+            dict(
+                common,
+                num_steps=v["num_steps"],
+                num_restarts=v["boundary_restarts"],
+                restart_steps=v["boundary_steps"],
+                margin_below=v["boundary_margin"],
+            )
+        )
     if settings is None:  # A custom ensemble: the shared settings.
         settings = {"num_restarts": v["num_restarts"]}
         if name in ("apgd_t", "fab_t"):
@@ -152,9 +170,11 @@ def build_ensemble(cfg) -> Attack:
     Config keys: ``eps`` (required), ``norm`` ('linf', 'l2'; 'l1' with a version),
     ``version`` ('' for the ``attacks`` list, or 'standard', 'plus', 'rand': AutoAttack's
     versions, module docstring), ``attacks`` (ordered component names from 'apgd_ce',
-    'apgd_dlr', 'apgd_t', 'fab_t', 'fab', 'square'; ignored with a version),
-    ``num_steps`` (APGD and FAB steps, 100), ``num_restarts`` and ``num_targets`` (the
-    custom ensemble's, 1 and 9), ``num_queries`` (Square, 5000) and ``p_init`` (0.8).
+    'apgd_dlr', 'apgd_t', 'apgd_boundary', 'fab_t', 'fab', 'square'; ignored with a
+    version), ``num_steps`` (APGD and FAB steps, and APGD-B's probe, 100),
+    ``num_restarts`` and ``num_targets`` (the custom ensemble's, 1 and 9),
+    ``num_queries`` (Square, 5000), ``p_init`` (0.8), and APGD-B's ``boundary_restarts``
+    (120), ``boundary_steps`` (50 per restart) and ``boundary_margin`` (2.0).
 
     Returns:
       An `Attack` of kind ``ENSEMBLE`` with the ordered component attacks.
