@@ -12,7 +12,9 @@ and the gap when the whole ensemble runs again under another key
 (`advjax.experiments.black_box_gap`). About 4 minutes on a 2-core CPU with the model
 trained.
 
-Arguments: ``smoke`` (the smoke-sized default model, 100 images, seconds).
+Arguments: ``smoke`` (the smoke-sized default model, 100 images, seconds); ``boundary``
+(the same analysis of the ensemble with APGD-B, `advjax.attacks.boundary`, between APGD-T
+and Square: ``analysis.components``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ml_collections
 
 from configs import base
 
-ARGS = ("smoke",)
+ARGS = ("smoke", "boundary")
 
 
 def get_config(arg: str | None = None):
@@ -36,6 +38,8 @@ def get_config(arg: str | None = None):
                 overrides=dict(),
             ),
             ensemble="ensemble",  # the model config's eval.attacks entry to dissect
+            # Its components in order instead of the model config's list (() keeps it).
+            components=(),
             num_examples=1000,  # the first test images (the default evaluation's subset)
             batch_size=500,
             segment_points=11,
@@ -44,7 +48,9 @@ def get_config(arg: str | None = None):
             num_shown=8,
         )
     )
-    if arg == "smoke":
+    if arg == "boundary":
+        c.analysis.components = ("apgd_ce", "apgd_t", "apgd_boundary", "square")
+    elif arg == "smoke":
         a = c.analysis
         a.model.config = "configs/mnist_fast.py:smoke"
         a.num_examples = 100
@@ -52,5 +58,7 @@ def get_config(arg: str | None = None):
         a.restarts = (1, 2)
         a.num_shown = 4
     elif arg:
-        raise ValueError(f"configs/black_box_gap.py: unknown argument {arg!r}; allowed: 'smoke'")
+        raise ValueError(
+            f"configs/black_box_gap.py: unknown argument {arg!r}; allowed: 'smoke', 'boundary'"
+        )
     return c

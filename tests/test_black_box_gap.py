@@ -215,6 +215,17 @@ def test_an_ensemble_without_white_box_components_before_square_is_refused():
         bbg._ensemble(c.analysis, model_config)
 
 
+def test_analysis_components_replace_the_ensembles_list():
+    c = configlib.load_config("configs/black_box_gap.py:boundary")
+    c.analysis.model.config = "configs/mnist_fast.py:smoke"
+    model_config = bbg._model_config(c.analysis)
+    names = [comp.name for comp in bbg._ensemble(c.analysis, model_config).components]
+    assert names == ["apgd_ce", "apgd_t", "apgd_boundary", "square"]
+    c.analysis.components = ("apgd_ce", "apgd_nope", "square")
+    with pytest.raises(ValueError, match="analysis.components.*apgd_nope"):
+        bbg._ensemble(c.analysis, model_config)
+
+
 def test_gap_over_keys_counts_each_run_and_the_union_and_intersection():
     stages = [
         dict(kind="white_box", idx=np.arange(6), fooled=np.array([1, 0, 0, 0, 1, 0], bool)),

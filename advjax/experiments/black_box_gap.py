@@ -90,7 +90,15 @@ def _ensemble(a: ml_collections.ConfigDict, model_config) -> Attack:
             f"config key 'analysis.ensemble': eval.attacks.{a.ensemble} of {a.model.config} "
             f"is a {cfg.get('name')!r} attack, not an ensemble"
         )
-    ensemble = ATTACKS.get("ensemble")(cfg)
+    components = tuple(a.get("components", ()) or ())
+    if components:
+        cfg = dict(cfg.to_dict(), attacks=components)
+    try:
+        ensemble = ATTACKS.get("ensemble")(cfg)
+    except ValueError as err:
+        if not components:
+            raise
+        raise ValueError(f"config key 'analysis.components': {err}") from None
     kinds = [c.kind for c in ensemble.components]
     if "black_box" not in kinds or "white_box" not in kinds[: kinds.index("black_box")]:
         raise ValueError(
