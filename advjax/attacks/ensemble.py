@@ -21,8 +21,8 @@ Without ``version`` (the default ``''``) the ensemble is the ``attacks`` list
 (default APGD-CE, APGD-T, Square) with one shared ``num_steps`` / ``num_restarts`` /
 ``num_targets``. It may also hold ``apgd_boundary`` (`advjax.attacks.boundary`: a
 margin probe, then many diverse APGD restarts on the points closest to the boundary),
-set by ``boundary_restarts``, ``boundary_steps`` and ``boundary_margin``; the default
-run (``configs/mnist_fast.py``) puts it between APGD-T and Square.
+set by ``boundary_restarts``, ``boundary_steps`` and ``boundary_margin``
+(``configs/black_box_gap.py:boundary`` puts it between APGD-T and Square).
 
 `build_ensemble` returns an `Attack` of kind ``ENSEMBLE`` whose run, traced as one
 program, runs every component on the whole batch and keeps, per example, the first

@@ -32,6 +32,9 @@ For them the analysis reports:
    moves from key to key is made of points on which the attacks' outcomes depend on
    their random draws.
 
+``analysis.components`` (default ``()``) replaces the ensemble's component list, e.g.
+to dissect it with APGD-B (`advjax.attacks.boundary`) before Square.
+
 Writes ``DIR/black_box_gap.json`` and ``DIR/figures/{margins,segments,examples}.png``.
 """
 
