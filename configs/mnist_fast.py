@@ -86,7 +86,9 @@ def get_config(arg: str | None = None):
     c.eval.attacks = base.ml_collections.ConfigDict(
         dict(
             pgd20=base.pgd_attack(eps=eps, step_size=0.01, num_steps=20),
-            ensemble=dict(name="ensemble", eps=eps, attacks=("apgd_ce", "apgd_t", "square")),
+            ensemble=dict(
+                name="ensemble", eps=eps, attacks=("apgd_ce", "apgd_t", "apgd_boundary", "square")
+            ),
         )
     )
     # PGD-20 also on the whole 10k test set (seconds), next to the ensemble's subset.

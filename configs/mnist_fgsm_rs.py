@@ -51,6 +51,8 @@ def shrink_ensemble(ensemble) -> None:
     ensemble.num_steps = 5
     ensemble.num_targets = 2
     ensemble.num_queries = 20
+    ensemble.boundary_restarts = 2
+    ensemble.boundary_steps = 5
 
 
 def get_config(arg: str | None = None):

@@ -137,6 +137,37 @@ def test_block_starts_reach_what_uniform_starts_cannot():
     assert fooled(losses_used=("ce",), num_restarts=40)
 
 
+def _apgd(f, x, y, key, **kw):
+    n = x.shape[0]
+    return _apgd_run(
+        f, x, y, jax.random.split(key, n), jnp.full((n,), EPS), None, norm="linf",
+        bounds=(0.0, 1.0), rho=0.75, momentum=0.75, **kw,
+    )  # fmt: skip
+
+
+def test_noise_leaves_a_linear_losss_steps_unchanged():
+    # The margin of a linear model is linear in x, so every noisy gradient is the
+    # exact one and the steps (signs of the mean) are the same.
+    f, _, x, y = _linear_problem(n=16, seed=3)
+    kw = dict(num_steps=15, loss="ce", loss_fn=lambda z: -(z[jnp.arange(16), y] - z[:, 0]))
+    exact = _apgd(f, x, y, jax.random.key(2), **kw)[0]
+    noisy = _apgd(f, x, y, jax.random.key(2), noise=(0.1, 3), **kw)[0]
+    np.testing.assert_array_equal(np.asarray(noisy), np.asarray(exact))
+
+
+def test_noise_gives_a_gradient_where_the_exact_one_is_zero():
+    f = _threshold_model(window_sum_needed=1.8)
+    x = jnp.zeros((1, 8, 8, 1))
+    y = jnp.zeros((1,), jnp.int32)
+    key = jax.random.key(6)
+    exact_found = _apgd(f, x, y, key, num_steps=20, loss="ce")[1]
+    noisy_found = _apgd(f, x, y, key, num_steps=20, loss="ce", noise=(0.15, 4))[1]
+    # Closed form: the window can sum to 4.8 > 1.8. From this key's uniform start the
+    # window sums to less than 1.8, the exact gradient is zero and APGD stays; Gaussian
+    # draws of std 0.15 push the window's sum (std 0.6) past 1.8 for some of them.
+    assert not bool(exact_found[0]) and bool(noisy_found[0])
+
+
 def test_a_points_result_does_not_depend_on_its_batch_or_chunk():
     f, _, x, y = _linear_problem(n=12, seed=2)
     keys = jax.random.split(jax.random.key(5), 12)
@@ -162,6 +193,8 @@ def test_a_points_result_does_not_depend_on_its_batch_or_chunk():
         ({"losses": ("ce", "kl")}, "losses"),
         ({"losses": ()}, "losses"),
         ({"num_restarts": 0}, "num_restarts"),
+        ({"noise_samples": 1.5}, "noise_samples"),
+        ({"noise_std": -0.1}, "noise_std"),
         ({"restart_step": 10}, "restart_step"),
     ],
 )

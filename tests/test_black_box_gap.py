@@ -211,16 +211,23 @@ def test_an_ensemble_without_white_box_components_before_square_is_refused():
     c = configlib.load_config("configs/black_box_gap.py:smoke")
     model_config = bbg._model_config(c.analysis)
     model_config.eval.attacks.ensemble.attacks = ("square", "apgd_ce")
+    c.analysis.components = ()  # the model config's list
     with pytest.raises(ValueError, match="needs a black-box component after white-box ones"):
         bbg._ensemble(c.analysis, model_config)
 
 
 def test_analysis_components_replace_the_ensembles_list():
-    c = configlib.load_config("configs/black_box_gap.py:boundary")
-    c.analysis.model.config = "configs/mnist_fast.py:smoke"
-    model_config = bbg._model_config(c.analysis)
-    names = [comp.name for comp in bbg._ensemble(c.analysis, model_config).components]
-    assert names == ["apgd_ce", "apgd_t", "apgd_boundary", "square"]
+    def names(arg):
+        c = configlib.load_config(
+            f"configs/black_box_gap.py:{arg}" if arg else "configs/black_box_gap.py"
+        )
+        c.analysis.model.config = "configs/mnist_fast.py:smoke"
+        model_config = bbg._model_config(c.analysis)
+        return c, model_config, [e.name for e in bbg._ensemble(c.analysis, model_config).components]
+
+    assert names("boundary")[2] == ["apgd_ce", "apgd_t", "apgd_boundary", "square"]
+    c, model_config, got = names("")
+    assert got == ["apgd_ce", "apgd_t", "square"]
     c.analysis.components = ("apgd_ce", "apgd_nope", "square")
     with pytest.raises(ValueError, match="analysis.components.*apgd_nope"):
         bbg._ensemble(c.analysis, model_config)

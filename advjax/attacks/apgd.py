@@ -100,11 +100,15 @@ def _apgd_run(
     unroll: bool | None = None,
     delta0: jax.Array | None = None,
     loss_fn: Callable[[jax.Array], jax.Array] | None = None,
+    noise: tuple[float, int] | None = None,
 ):
     """One APGD run; returns (x_adv, success, loss) per example.
 
     ``delta0`` replaces the uniform random start (it is projected onto the ball and the
-    box); ``loss_fn(logits) -> (batch,)`` replaces the named ``loss``.
+    box); ``loss_fn(logits) -> (batch,)`` replaces the named ``loss``. ``noise = (std,
+    samples)`` steps along the loss gradient averaged over ``samples`` Gaussian draws
+    ``x + std * N(0, I)`` around each iterate (per-example keys folded with the step),
+    while the loss, the success test and the checkpoints use the iterate itself.
     """
     batch = x.shape[0]
 
@@ -117,7 +121,22 @@ def _apgd_run(
         succ = jnp.argmax(logits, axis=1) != y
         return jnp.sum(lv), (lv, succ)
 
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    exact_grad = jax.value_and_grad(objective, has_aux=True)
+
+    def grad_fn(xa, k):
+        if noise is None:
+            return exact_grad(xa)
+        std, samples = noise
+        draw_keys = fold_in_each(keys, k)
+
+        def sample_grad(i):
+            z = jax.vmap(lambda kk, xi: jax.random.normal(jax.random.fold_in(kk, i), xi.shape))(
+                draw_keys, xa
+            )
+            return jax.grad(lambda v: objective(v)[0])(xa + std * z.astype(xa.dtype))
+
+        g = jnp.mean(jax.vmap(sample_grad)(jnp.arange(samples)), axis=0)
+        return objective(xa), g
 
     def proj(xa):
         return x + geometry.project(xa - x, x, norm=norm, eps=eps, bounds=bounds)
@@ -131,7 +150,7 @@ def _apgd_run(
         )(keys, x, eps)
     else:
         x0 = proj(x + delta0)
-    (_, (f0, s0)), g0 = grad_fn(x0)
+    (_, (f0, s0)), g0 = grad_fn(x0, num_steps)
 
     ckpt = checkpoints(num_steps)
     is_ckpt = np.zeros(num_steps + 1, bool)
@@ -159,7 +178,7 @@ def _apgd_run(
         z = step(s["x"], s["g"], s["eta"])
         blended = proj(s["x"] + momentum * (z - s["x"]) + (1 - momentum) * (s["x"] - s["x_prev"]))
         x_new = jnp.where(k == 0, z, blended)
-        (_, (f_new, succ)), g_new = grad_fn(x_new)
+        (_, (f_new, succ)), g_new = grad_fn(x_new, k)
         newly = succ & ~s["found"]
         x_adv = _where(newly, x_new, s["x_adv"])
         found = s["found"] | succ

@@ -56,8 +56,10 @@ _DEFAULTS = {
     "norm": "linf",
     "num_steps": 100,
     "restart_steps": 50,
-    "num_restarts": 120,
+    "num_restarts": 36,
     "margin_below": 2.0,
+    "noise_std": 0.08,
+    "noise_samples": 4,
     "losses": BOUNDARY_LOSSES,
     "chunk": 64,
     "rho": 0.75,
@@ -91,8 +93,10 @@ def apgd_boundary(
     eps: jax.Array | float,
     num_steps: int = 100,
     restart_steps: int = 50,
-    num_restarts: int = 120,
+    num_restarts: int = 36,
     margin_below: float = 2.0,
+    noise_std: float = 0.08,
+    noise_samples: int = 4,
     losses_used: tuple[str, ...] = BOUNDARY_LOSSES,
     chunk: int = 64,
     bounds: tuple[float, float] = (0.0, 1.0),
@@ -126,6 +130,7 @@ def apgd_boundary(
     keys = example_keys(key, batch)
     eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
     run = dict(norm="linf", bounds=bounds, rho=rho, momentum=momentum)
+    noise = (float(noise_std), int(noise_samples)) if noise_samples > 0 else None
 
     x_probe, found, probe_loss = _apgd_run(
         logits_fn, x, y, fold_in_each(keys, 0), eps, None,
@@ -171,7 +176,7 @@ def apgd_boundary(
             delta0 = jnp.where(use_blocks, blocks, uniform)
             x_r, succ, _ = _apgd_run(
                 logits_fn, xc, yc, kr, ec, None, num_steps=restart_steps, loss="ce",
-                delta0=delta0, loss_fn=loss_fn_for(r), **run,
+                delta0=delta0, loss_fn=loss_fn_for(r), noise=noise, **run,
             )  # fmt: skip
             take = succ & ~done
             x_adv = jnp.where(take[:, None, None, None], x_r, x_adv)
@@ -215,6 +220,8 @@ def run_apgd_boundary(hp: dict, logits_fn, x, y, key, *, bounds=(0.0, 1.0), eps=
         restart_steps=hp["restart_steps"],
         num_restarts=hp["num_restarts"],
         margin_below=hp["margin_below"],
+        noise_std=hp["noise_std"],
+        noise_samples=hp["noise_samples"],
         losses_used=tuple(hp["losses"]),
         chunk=hp["chunk"],
         bounds=bounds,
@@ -235,6 +242,8 @@ def build_apgd_boundary(cfg) -> Attack:
     for k in ("num_steps", "restart_steps", "num_restarts", "chunk"):
         check_number(v[k], attack=name, key=k, minimum=1, integer=True)
     check_number(v["margin_below"], attack=name, key="margin_below")
+    check_number(v["noise_std"], attack=name, key="noise_std", minimum=0.0)
+    check_number(v["noise_samples"], attack=name, key="noise_samples", minimum=0, integer=True)
     check_number(v["rho"], attack=name, key="rho", minimum=0.0, maximum=1.0)
     check_number(v["momentum"], attack=name, key="momentum", minimum=0.0, maximum=1.0)
     used = v["losses"]

@@ -73,7 +73,7 @@ _DEFAULTS = {
     "num_targets": 9,
     "num_queries": 5000,
     "p_init": 0.8,
-    "boundary_restarts": 120,
+    "boundary_restarts": 36,
     "boundary_steps": 50,
     "boundary_margin": 2.0,
 }
