@@ -109,7 +109,7 @@ ROWS = [
         ["--config.eval.attacks.ensemble.attacks=(apgd_ce, square)"],
         "train",
         "fresh",
-        "\"('apgd_ce', 'apgd_t', 'square')\" or '[]', names in quotes",
+        "\"('apgd_ce', 'apgd_t', 'apgd_boundary', 'square')\" or '[]', names in quotes",
     ),
     (
         "negative eps",

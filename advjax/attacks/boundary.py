@@ -195,11 +195,10 @@ def apgd_boundary(
         return done, x_adv
 
     def chunk_cond(s):
-        c, _, _ = s
-        return c * chunk < count
+        return s[0] * chunk < count
 
     def chunk_body(s):
-        c, x_out, found_out = s
+        c, x_out = s
         pos = c * chunk + jnp.arange(chunk)
         idx = jax.lax.dynamic_slice(order, (c * chunk,), (chunk,))
         active = pos < count
@@ -207,13 +206,10 @@ def apgd_boundary(
         done, x_adv = restarts_on(x[rows], y[rows], eps[rows], keys[rows], ~active)
         # Rows that are not active (or not fooled) write to the spare last row.
         target = jnp.where(done & active, idx, batch)
-        x_out = x_out.at[target].set(x_adv)
-        found_out = found_out.at[target].set(True)
-        return c + 1, x_out, found_out
+        return c + 1, x_out.at[target].set(x_adv)
 
     x_out = jnp.concatenate([x_probe, x[:1]])
-    found_out = jnp.concatenate([found, jnp.zeros((1,), bool)])
-    _, x_out, _ = jax.lax.while_loop(chunk_cond, chunk_body, (jnp.int32(0), x_out, found_out))
+    _, x_out = jax.lax.while_loop(chunk_cond, chunk_body, (jnp.int32(0), x_out))
     return x_out[:batch]
 
 
@@ -269,5 +265,6 @@ def build_apgd_boundary(cfg) -> Attack:
         "num_steps": v["num_steps"],
         "num_restarts": v["num_restarts"],
         "restart_steps": v["restart_steps"],
+        "noise_samples": v["noise_samples"],
     }
     return Attack(name, run_apgd_boundary, freeze(v), WHITE_BOX, freeze(budget))
