@@ -145,7 +145,7 @@ def _apgd(f, x, y, key, **kw):
     )  # fmt: skip
 
 
-def test_noise_leaves_a_linear_losss_steps_unchanged():
+def test_noise_leaves_a_linear_losses_steps_unchanged():
     # The margin of a linear model is linear in x, so every noisy gradient is the
     # exact one and the steps (signs of the mean) are the same.
     f, _, x, y = _linear_problem(n=16, seed=3)
