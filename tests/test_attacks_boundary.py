@@ -75,11 +75,13 @@ def test_without_selected_points_it_returns_the_margin_probe():
     f, _, x, y = _linear_problem()
     keys = jax.random.split(jax.random.key(3), x.shape[0])
     eps = jnp.full((x.shape[0],), EPS)
-    got = apgd_boundary(f, x, y, keys, eps=EPS, num_steps=20, margin_below=-np.inf)
-    probe, _, _ = _apgd_run(
-        f, x, y, fold_in_each(keys, 0), eps, None, norm="linf", num_steps=20, loss="margin",
+    got = jax.jit(lambda v, t, k: apgd_boundary(
+        f, v, t, k, eps=EPS, num_steps=20, margin_below=-np.inf
+    ))(x, y, keys)  # fmt: skip
+    probe, _, _ = jax.jit(lambda v, t, k: _apgd_run(
+        f, v, t, fold_in_each(k, 0), eps, None, norm="linf", num_steps=20, loss="margin",
         bounds=(0.0, 1.0), rho=0.75, momentum=0.75,
-    )  # fmt: skip
+    ))(x, y, keys)  # fmt: skip
     np.testing.assert_array_equal(np.asarray(got), np.asarray(probe))
 
 
@@ -125,8 +127,11 @@ def test_block_starts_reach_what_uniform_starts_cannot():
     assert int(jnp.argmax(f(jnp.full_like(x, EPS)), axis=1)[0]) == 1
 
     def fooled(**kw):
-        x_adv = apgd_boundary(f, x, y, key, eps=EPS, num_steps=20, restart_steps=10, **kw)
-        return bool(jnp.argmax(f(x_adv), axis=1)[0] != 0)
+        def attack(v, t, k):
+            x_adv = apgd_boundary(f, v, t, k, eps=EPS, num_steps=20, restart_steps=10, **kw)
+            return jnp.argmax(f(x_adv), axis=1)[0] != 0
+
+        return bool(jax.jit(attack)(x, y, key))
 
     # The probe's uniform start sums to less than 2.7 on the window, so its gradient is
     # zero and APGD never moves; uniform restarts alone (losses ('ce',), one restart
@@ -139,10 +144,10 @@ def test_block_starts_reach_what_uniform_starts_cannot():
 
 def _apgd(f, x, y, key, **kw):
     n = x.shape[0]
-    return _apgd_run(
-        f, x, y, jax.random.split(key, n), jnp.full((n,), EPS), None, norm="linf",
+    return jax.jit(lambda v, t, k: _apgd_run(
+        f, v, t, jax.random.split(k, n), jnp.full((n,), EPS), None, norm="linf",
         bounds=(0.0, 1.0), rho=0.75, momentum=0.75, **kw,
-    )  # fmt: skip
+    ))(x, y, key)  # fmt: skip
 
 
 def test_noise_leaves_a_linear_losses_steps_unchanged():
