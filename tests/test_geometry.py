@@ -29,6 +29,10 @@ _project_free = {
     )
     for norm in geometry.NORMS
 }
+_lp_norm = {
+    norm: jax.jit(lambda v, norm=norm: geometry.lp_norm(v, norm=norm)) for norm in geometry.NORMS
+}
+_project_l1_ball = jax.jit(geometry.project_l1_ball)
 
 floats = st.floats(-3.0, 3.0, allow_nan=False, width=32)
 deltas = hnp.arrays(np.float32, SHAPE, elements=floats)
@@ -37,7 +41,7 @@ radii = hnp.arrays(np.float32, (SHAPE[0],), elements=st.floats(0.0, 4.0, width=3
 
 
 def _norm(v, norm):
-    return np.asarray(geometry.lp_norm(jnp.asarray(v), norm=norm))
+    return np.asarray(_lp_norm[norm](v))
 
 
 def _tol(eps):
@@ -109,7 +113,7 @@ def test_l1_box_projection_matches_bisection_reference(delta, x, eps):
 def test_l1_box_without_box_is_the_sort_based_ball_projection(delta, eps):
     x = np.zeros(SHAPE, np.float32)
     free = np.asarray(_project_free["l1"](delta, x, eps))
-    duchi = np.asarray(geometry.project_l1_ball(jnp.asarray(delta), jnp.asarray(eps)))
+    duchi = np.asarray(_project_l1_ball(delta, eps))
     np.testing.assert_allclose(free, duchi, atol=2e-5)
     for b in range(SHAPE[0]):
         ref = _l1_box_reference(delta[b], -np.inf * np.ones(D), np.inf * np.ones(D), float(eps[b]))
@@ -119,48 +123,74 @@ def test_l1_box_without_box_is_the_sort_based_ball_projection(delta, eps):
 def test_l1_box_projection_beats_clip_after_ball():
     # Clipping the l1-ball projection into the box wastes budget; the exact projection
     # of the intersection is closer to v (it is the minimiser).
-    v = jnp.asarray([[2.0, 0.5, 0.0, 0.0]])
-    x = jnp.asarray([[0.9, 0.0, 0.0, 0.0]])
-    exact = geometry.project(v, x, norm="l1", eps=1.0, bounds=BOUNDS)
+    v = np.asarray([[2.0, 0.5, 0.0, 0.0]], np.float32)
+    x = np.asarray([[0.9, 0.0, 0.0, 0.0]], np.float32)
+
+    @jax.jit
+    def projections(v, x):
+        exact = geometry.project(v, x, norm="l1", eps=1.0, bounds=BOUNDS)
+        naive = jnp.clip(x + geometry.project_l1_ball(v, 1.0), 0.0, 1.0) - x
+        return exact, jnp.sum((exact - v) ** 2), jnp.sum((naive - v) ** 2)
+
+    exact, exact_distance, naive_distance = projections(v, x)
     # Box caps coordinate 0 at 0.1; the remaining 0.9 of budget goes to coordinate 1
     # (at most 0.5 there), so the projection is (0.1, 0.5, 0, 0).
     np.testing.assert_allclose(np.asarray(exact), [[0.1, 0.5, 0.0, 0.0]], atol=1e-6)
-    naive = jnp.clip(x + geometry.project_l1_ball(v, 1.0), 0.0, 1.0) - x
-    assert float(jnp.sum((exact - v) ** 2)) < float(jnp.sum((naive - v) ** 2))
+    assert float(exact_distance) < float(naive_distance)
 
 
 @pytest.mark.parametrize("norm", geometry.NORMS)
 def test_random_init_inside_and_uniform_radius(norm):
     # Uniform in a d-ball: P(||d|| <= t eps) = t^d, so E||d|| = eps d / (d + 1).
     d = 5
-    x = jnp.zeros((4000, d))
-    delta = geometry.random_init(jax.random.key(0), x, norm=norm, eps=0.5, bounds=UNBOUNDED)
-    n = np.asarray(geometry.lp_norm(delta, norm=norm))
+    x = np.zeros((4000, d), np.float32)
+
+    @jax.jit
+    def draws(x, keys):  # one compiled program for both draws
+        delta = geometry.random_init(keys[0], x, norm=norm, eps=0.5, bounds=UNBOUNDED)
+        boxed = geometry.random_init(keys[1], x + 0.9, norm=norm, eps=0.5, bounds=BOUNDS)
+        return geometry.lp_norm(delta, norm=norm), jnp.max(x + 0.9 + boxed)
+
+    n, top = draws(x, (jax.random.key(0), jax.random.key(1)))
+    n = np.asarray(n)
     assert np.all(n <= 0.5 + 1e-6)
     np.testing.assert_allclose(n.mean(), 0.5 * d / (d + 1), atol=0.01)
-    boxed = geometry.random_init(jax.random.key(1), x + 0.9, norm=norm, eps=0.5, bounds=BOUNDS)
-    assert float(jnp.max(x + 0.9 + boxed)) <= 1.0 + 1e-6
+    assert float(top) <= 1.0 + 1e-6
 
 
 @pytest.mark.parametrize("norm", geometry.NORMS)
 def test_ascent_direction_has_unit_norm_and_attains_the_dual_norm(norm):
-    g = jax.random.normal(jax.random.key(0), (5, 40))
-    s = geometry.ascent_direction(g, norm=norm, l1_sparsity=1.0)
-    np.testing.assert_allclose(np.asarray(geometry.lp_norm(s, norm=norm)), 1.0, rtol=1e-5)
+
+    @jax.jit
+    def norms(key):
+        g = jax.random.normal(key, (5, 40))
+        s = geometry.ascent_direction(g, norm=norm, l1_sparsity=1.0)
+        return (
+            geometry.lp_norm(s, norm=norm),
+            jnp.sum(g * s, axis=1),
+            geometry.dual_norm(g, norm=norm),
+        )
+
+    unit, attained, dual = norms(jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(unit), 1.0, rtol=1e-5)
     # Hoelder: max_{||s||_p <= 1} <g, s> = ||g||_q, attained by the steepest direction.
-    np.testing.assert_allclose(
-        np.asarray(jnp.sum(g * s, axis=1)), np.asarray(geometry.dual_norm(g, norm=norm)), rtol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(attained), np.asarray(dual), rtol=1e-5)
 
 
 def test_sparse_l1_step_moves_top_fraction_and_skips_blocked_coordinates():
-    g = jnp.asarray([[5.0, -4.0, 3.0, 0.1, -0.2, 0.3, 0.0, 0.05, 1.0, 2.0]])
-    s = geometry.ascent_direction(g, norm="l1", l1_sparsity=0.7)  # top 3 coordinates
-    np.testing.assert_allclose(np.asarray(s[0, :3]), [1 / 3, -1 / 3, 1 / 3], rtol=1e-6)
-    assert float(jnp.abs(s[0, 3:]).sum()) == 0.0
+    g = np.asarray([[5.0, -4.0, 3.0, 0.1, -0.2, 0.3, 0.0, 0.05, 1.0, 2.0]], np.float32)
+    x_adv = np.asarray([[1.0] + [0.5] * 9], np.float32)
+    free, boxed = jax.jit(
+        lambda g, x_adv: (
+            geometry.ascent_direction(g, norm="l1", l1_sparsity=0.7),  # top 3 coordinates
+            geometry.ascent_direction(g, norm="l1", l1_sparsity=0.7, x_adv=x_adv, bounds=BOUNDS),
+        )
+    )(g, x_adv)
+    s = np.asarray(free)
+    np.testing.assert_allclose(s[0, :3], [1 / 3, -1 / 3, 1 / 3], rtol=1e-6)
+    assert float(np.abs(s[0, 3:]).sum()) == 0.0
     # Coordinate 0 sits at the upper bound with an outward gradient: it is skipped.
-    x_adv = jnp.asarray([[1.0] + [0.5] * 9])
-    s = geometry.ascent_direction(g, norm="l1", l1_sparsity=0.7, x_adv=x_adv, bounds=BOUNDS)
+    s = np.asarray(boxed)
     assert float(s[0, 0]) == 0.0 and float(s[0, 9]) > 0
 
 

@@ -3,6 +3,8 @@ fast kernels give flax's / lax's values and derivatives (every mode and order)."
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -41,6 +43,7 @@ def fast_conv(x, w, stride, padding):
     return layers.conv2d(x, w, strides=stride, padding=padding)
 
 
+@functools.partial(jax.jit, static_argnames=("k", "size", "seed", "cin", "cout"))
 def inputs(k, size, seed=0, cin=3, cout=4):
     kx, kw = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, (2, size, size, cin))
@@ -68,9 +71,15 @@ def test_conv2d_values_and_first_derivatives_match_lax(k, stride, padding, size,
 
         return f
 
-    assert_close(fast_conv(x, w, stride, padding), reference_conv(x, w, stride, padding))
-    got = jax.grad(loss(fast_conv), argnums=(0, 1))(x, w)
-    want = jax.grad(loss(reference_conv), argnums=(0, 1))(x, w)
+    @jax.jit
+    def run(x, w):  # one compiled program for the values and both gradients
+        values = fast_conv(x, w, stride, padding), reference_conv(x, w, stride, padding)
+        got = jax.grad(loss(fast_conv), argnums=(0, 1))(x, w)
+        want = jax.grad(loss(reference_conv), argnums=(0, 1))(x, w)
+        return values, got, want
+
+    values, got, want = run(x, w)
+    assert_close(*values)
     assert_close(got[0], want[0])
     assert_close(got[1], want[1])
 
@@ -88,8 +97,12 @@ def test_conv2d_gradient_of_input_gradient_matches_lax(k, stride, padding, size)
 
         return f
 
-    got = jax.grad(penalty(fast_conv), argnums=(0, 1))(x, w)
-    want = jax.grad(penalty(reference_conv), argnums=(0, 1))(x, w)
+    both = jax.jit(
+        lambda x, w: [
+            jax.grad(penalty(c), argnums=(0, 1))(x, w) for c in (fast_conv, reference_conv)
+        ]
+    )
+    got, want = both(x, w)
     assert_close(got[0], want[0])
     assert_close(got[1], want[1])
 
@@ -98,16 +111,22 @@ def test_conv2d_gradient_of_input_gradient_matches_lax(k, stride, padding, size)
 def test_conv2d_forward_mode_and_linear_transpose_match_lax(k, stride, padding, size):
     x, w = inputs(k, size, seed=2)
     dx, dw = inputs(k, size, seed=3)
-    got = jax.jvp(lambda a, b: fast_conv(a, b, stride, padding), (x, w), (dx, dw))
-    want = jax.jvp(lambda a, b: reference_conv(a, b, stride, padding), (x, w), (dx, dw))
+
+    @jax.jit
+    def run(x, w, dx, dw):  # one compiled program for both modes
+        got = jax.jvp(lambda a, b: fast_conv(a, b, stride, padding), (x, w), (dx, dw))
+        want = jax.jvp(lambda a, b: reference_conv(a, b, stride, padding), (x, w), (dx, dw))
+        # The Fisher power iteration's pattern: linearise, then transpose the linear map.
+        out, lin = jax.linearize(lambda a: jnp.tanh(fast_conv(a, w, stride, padding)), x)
+        ct = jax.random.normal(jax.random.key(4), out.shape)
+        back = jax.linear_transpose(lin, x)(ct)[0]
+        _, ref_vjp = jax.vjp(lambda a: jnp.tanh(reference_conv(a, w, stride, padding)), x)
+        return got, want, back, ref_vjp(ct)[0]
+
+    got, want, back, ref_back = run(x, w, dx, dw)
     assert_close(got[0], want[0])
     assert_close(got[1], want[1])
-    # The Fisher power iteration's pattern: linearise, then transpose the linear map.
-    out, lin = jax.linearize(lambda a: jnp.tanh(fast_conv(a, w, stride, padding)), x)
-    ct = jax.random.normal(jax.random.key(4), out.shape)
-    back = jax.linear_transpose(lin, x)(ct)[0]
-    _, ref_vjp = jax.vjp(lambda a: jnp.tanh(reference_conv(a, w, stride, padding)), x)
-    assert_close(back, ref_vjp(ct)[0])
+    assert_close(back, ref_back)
 
 
 @pytest.mark.parametrize("cin", [1, 16])
@@ -161,34 +180,50 @@ def test_conv_module_matches_flax_conv(features, kernel, strides, padding, use_b
     x = jax.random.uniform(jax.random.key(5), (3, 12, 12, 2))
     kw = dict(strides=strides, padding=padding, use_bias=use_bias)
     ours, theirs = layers.Conv(features, kernel, **kw), nn.Conv(features, kernel, **kw)
-    v_ours, v_theirs = ours.init(jax.random.key(6), x), theirs.init(jax.random.key(6), x)
+    v_ours, v_theirs = jax.jit(lambda key, x: (ours.init(key, x), theirs.init(key, x)))(
+        jax.random.key(6), x
+    )
     assert jax.tree.structure(v_ours) == jax.tree.structure(v_theirs)
     for a, b in zip(jax.tree.leaves(v_ours), jax.tree.leaves(v_theirs), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert_close(ours.apply(v_theirs, x), theirs.apply(v_theirs, x))
+    assert_close(*jax.jit(lambda v, x: (ours.apply(v, x), theirs.apply(v, x)))(v_theirs, x))
 
 
 def flax_pool(x, window):
     return nn.max_pool(x, window, strides=window)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def pool_inputs(shape, ties):
+    x = jax.random.uniform(jax.random.key(7), shape)
+    if ties:  # a few levels: many windows hold several equal maxima
+        x = jnp.round(2 * x)
+    return x, jax.random.normal(jax.random.key(8), shape)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def pool_values_and_derivatives(x, dx, window):
+    """Both pools' values and gradients, and <jvp(dx), w>, <dx, vjp(w)> for a weighting w."""
+    out = flax_pool(x, window)
+    weights = jnp.arange(1.0, out.size + 1).reshape(out.shape)
+    grad = jax.grad(lambda v, pool: jnp.sum(pool(v, window) * weights), argnums=0)
+    # Forward mode: the tangent is the tangent of the selected element.
+    got = jax.jvp(lambda v: layers.max_pool(v, window), (x,), (dx,))[1]
+    want = jax.vjp(lambda v: flax_pool(v, window), x)[1]
+    return (
+        (layers.max_pool(x, window), out),
+        (grad(x, layers.max_pool), grad(x, flax_pool)),
+        (jnp.sum(got * weights), jnp.sum(dx * want(weights)[0])),
+    )
+
+
 @pytest.mark.parametrize("window,shape", [((2, 2), (2, 8, 8, 3)), ((2, 2), (1, 7, 9, 2)),
                                           ((3, 2), (2, 9, 6, 1))])  # fmt: skip
 @pytest.mark.parametrize("ties", [False, True])
 def test_max_pool_matches_flax_including_ties(window, shape, ties):
-    x = jax.random.uniform(jax.random.key(7), shape)
-    if ties:  # a few levels: many windows hold several equal maxima
-        x = jnp.round(2 * x)
-    np.testing.assert_array_equal(layers.max_pool(x, window), flax_pool(x, window))
-    out = flax_pool(x, window)
-    weights = jnp.arange(1.0, out.size + 1).reshape(out.shape)
-    grad = jax.grad(lambda v, pool: jnp.sum(pool(v, window) * weights), argnums=0)
-    np.testing.assert_array_equal(grad(x, layers.max_pool), grad(x, flax_pool))
-    # Forward mode: the tangent is the tangent of the selected element.
-    dx = jax.random.normal(jax.random.key(8), shape)
-    got = jax.jvp(lambda v: layers.max_pool(v, window), (x,), (dx,))[1]
-    want = jax.vjp(lambda v: flax_pool(v, window), x)[1]
+    x, dx = pool_inputs(shape, ties)
+    values, grads, pairings = pool_values_and_derivatives(x, dx, window)
+    np.testing.assert_array_equal(*values)
+    np.testing.assert_array_equal(*grads)
     # <jvp(dx), w> == <dx, vjp(w)> with the reference's vjp.
-    np.testing.assert_allclose(
-        float(jnp.sum(got * weights)), float(jnp.sum(dx * want(weights)[0])), rtol=1e-5
-    )
+    np.testing.assert_allclose(float(pairings[0]), float(pairings[1]), rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import flax.linen as nn
@@ -36,6 +37,7 @@ def _model(seed=0, relu=False, shape=(6, 6, 1)):
     return lambda x: module.apply(variables, x, train=False)
 
 
+@functools.partial(jax.jit, static_argnames=("n", "shape", "seed"))
 def _data(n=4, shape=(6, 6, 1), seed=1):
     kx, ky = jax.random.split(jax.random.PRNGKey(seed))
     return jax.random.uniform(kx, (n, *shape)), jax.random.randint(ky, (n,), 0, 3)
@@ -49,34 +51,43 @@ def _linear(w):
 def test_gradient_matches_per_example_autodiff():
     logits_fn = _model()
     x, y = _data()
-    for output in saliency.OUTPUTS:
-        g = saliency.gradient(logits_fn, x, y, output=output)
 
-        def single(xi, yi, output=output):
-            return saliency.per_example_output(logits_fn(xi[None]), yi[None], output=output)[0]
+    @jax.jit
+    def maps_and_references(x, y):  # one compiled program for every output
+        maps, refs = {}, {}
+        for output in saliency.OUTPUTS:
+            maps[output] = saliency.gradient(logits_fn, x, y, output=output)
 
-        ref = jax.jit(jax.vmap(jax.grad(single)))(x, y)
-        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
-    # 'loss' is cross-entropy, the negative of 'log_prob'.
-    ce = jax.jit(
-        jax.vmap(
+            def single(xi, yi, output=output):
+                return saliency.per_example_output(logits_fn(xi[None]), yi[None], output=output)[0]
+
+            refs[output] = jax.vmap(jax.grad(single))(x, y)
+        # 'loss' is cross-entropy, the negative of 'log_prob'.
+        ce = jax.vmap(
             jax.grad(
                 lambda xi, yi: optax.softmax_cross_entropy_with_integer_labels(
                     logits_fn(xi[None]), yi[None]
                 )[0]
             )
-        )
-    )(x, y)
-    np.testing.assert_allclose(saliency.gradient(logits_fn, x, y, output="loss"), ce, atol=1e-6)
+        )(x, y)
+        return maps, refs, ce
+
+    maps, refs, ce = maps_and_references(x, y)
+    for output in saliency.OUTPUTS:
+        np.testing.assert_allclose(maps[output], refs[output], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps["loss"], ce, atol=1e-6)
 
 
 def test_gradient_defaults_to_predicted_class():
     logits_fn = _model()
     x, _ = _data()
-    pred = jnp.argmax(logits_fn(x), -1)
-    np.testing.assert_allclose(
-        saliency.gradient(logits_fn, x), saliency.gradient(logits_fn, x, pred)
-    )
+
+    @jax.jit
+    def default_and_predicted(x):
+        pred = jnp.argmax(logits_fn(x), -1)
+        return saliency.gradient(logits_fn, x), saliency.gradient(logits_fn, x, pred)
+
+    np.testing.assert_allclose(*default_and_predicted(x))
 
 
 def test_smoothgrad_sigma_zero_is_the_gradient():
@@ -139,7 +150,10 @@ def test_smoothgrad_ignores_chunking():
 def test_smoothgrad_of_a_linear_model_is_its_weights():
     w = jax.random.normal(jax.random.PRNGKey(0), (36, 3))
     x, y = _data()
-    sg = saliency.smoothgrad(_linear(w), x, y, jax.random.PRNGKey(1), num_samples=6, sigma=0.5)
+    sg = jax.jit(
+        lambda w, x, y, key: saliency.smoothgrad(_linear(w), x, y, key, num_samples=6, sigma=0.5)
+    )(w, x, y, jax.random.PRNGKey(1))
+    w, y = jax.device_get((w, y))
     np.testing.assert_allclose(sg, w.T[y].reshape(x.shape), rtol=1e-5)
 
 
@@ -158,9 +172,21 @@ def test_quadrature_integrates_polynomials(rule):
 def test_integrated_gradients_of_a_linear_model():
     w = jax.random.normal(jax.random.PRNGKey(0), (36, 3))
     x, y = _data()
-    for baseline in ("zeros", "upper", "mean", 0.25):
-        ig = saliency.integrated_gradients(_linear(w), x, y, baseline=baseline, num_steps=3)
-        x0 = saliency.make_baseline(baseline, x)
+    baselines = ("zeros", "upper", "mean", 0.25)
+
+    @jax.jit
+    def attributions_and_baselines(w, x, y):  # one compiled program for every baseline
+        return [
+            (
+                saliency.integrated_gradients(_linear(w), x, y, baseline=baseline, num_steps=3),
+                saliency.make_baseline(baseline, x),
+            )
+            for baseline in baselines
+        ]
+
+    results = jax.device_get(attributions_and_baselines(w, x, y))
+    x, w, y = jax.device_get((x, w, y))
+    for ig, x0 in results:
         np.testing.assert_allclose(ig, (x - x0) * w.T[y].reshape(x.shape), rtol=1e-5, atol=1e-6)
 
 
@@ -184,18 +210,27 @@ def test_integrated_gradients_completeness_relu():
     """Piecewise-linear paths converge more slowly (kinks); 512 midpoint steps suffice."""
     logits_fn = _model(seed=2, relu=True)
     x, y = _data(n=6)
-    ig = saliency.integrated_gradients(
-        logits_fn, x, y, num_steps=512, rule="riemann_middle", chunk_size=128
-    )
-    total, diff = saliency.completeness_gap(logits_fn, x, jnp.zeros_like(x), y, ig)
-    np.testing.assert_allclose(total, diff, atol=0.01 * float(jnp.max(jnp.abs(diff))))
+
+    @jax.jit
+    def gap(x, y):
+        ig = saliency.integrated_gradients(
+            logits_fn, x, y, num_steps=512, rule="riemann_middle", chunk_size=128
+        )
+        return saliency.completeness_gap(logits_fn, x, jnp.zeros_like(x), y, ig)
+
+    total, diff = gap(x, y)
+    np.testing.assert_allclose(total, diff, atol=0.01 * float(np.max(np.abs(diff))))
 
 
 def test_integrated_gradients_ignores_chunking():
     logits_fn = _model()
     x, y = _data()
-    a = saliency.integrated_gradients(logits_fn, x, y, num_steps=20, chunk_size=20)
-    b = saliency.integrated_gradients(logits_fn, x, y, num_steps=20, chunk_size=6)
+    a, b = jax.jit(
+        lambda x, y: [
+            saliency.integrated_gradients(logits_fn, x, y, num_steps=20, chunk_size=c)
+            for c in (20, 6)
+        ]
+    )(x, y)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -220,12 +255,19 @@ def test_samplers_compile_once():
 
 
 def test_cosine_similarity_and_foreground_mass():
-    a = jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
-    b = jnp.array([[0.0, 2.0], [-3.0, -3.0], [1.0, 1.0]])
-    np.testing.assert_allclose(saliency.cosine_similarity(a, b), [0.0, -1.0, 0.0], atol=1e-7)
-    x = jnp.zeros((1, 2, 2, 1)).at[0, 0, 0, 0].set(1.0)
-    s = jnp.array([3.0, -1.0, 0.5, -0.5]).reshape(1, 2, 2, 1)
-    np.testing.assert_allclose(saliency.foreground_mass(s, x, threshold=0.5), [0.6])
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], np.float32)
+    b = np.array([[0.0, 2.0], [-3.0, -3.0], [1.0, 1.0]], np.float32)
+    x = np.zeros((1, 2, 2, 1), np.float32)
+    x[0, 0, 0, 0] = 1.0
+    s = np.array([3.0, -1.0, 0.5, -0.5], np.float32).reshape(1, 2, 2, 1)
+    cosine, mass = jax.jit(
+        lambda a, b, s, x: (
+            saliency.cosine_similarity(a, b),
+            saliency.foreground_mass(s, x, threshold=0.5),
+        )
+    )(a, b, s, x)
+    np.testing.assert_allclose(cosine, [0.0, -1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(mass, [0.6])
 
 
 def test_map_in_batches_pads_and_keys():
@@ -238,10 +280,12 @@ def test_map_in_batches_pads_and_keys():
 def test_saliency_grid_writes_png(tmp_path):
     logits_fn = _model()
     x, y = _data(n=3)
-    maps = {
-        "gradient": saliency.gradient(logits_fn, x, y),
-        "ig": saliency.integrated_gradients(logits_fn, x, y, num_steps=8),
-    }
+    maps = jax.jit(
+        lambda x, y: {
+            "gradient": saliency.gradient(logits_fn, x, y),
+            "ig": saliency.integrated_gradients(logits_fn, x, y, num_steps=8),
+        }
+    )(x, y)
     disp = saliency.display_map(np.asarray(maps["gradient"]))
     assert disp.shape == (3, 6, 6) and disp.min() >= -1 and disp.max() <= 1
     path = saliency.saliency_grid(str(tmp_path / "grid.png"), np.asarray(x), maps)
