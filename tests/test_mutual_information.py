@@ -14,6 +14,12 @@ from tests.helpers import CompileCounter
 
 RHOS = (0.0, 0.5, 0.9)
 
+# The estimators compiled as whole programs, once per shape (rather than op by op).
+plugin_mi_table = jax.jit(mi.plugin_mi_table)
+plugin_mi = jax.jit(mi.plugin_mi, static_argnames=("num_a", "num_b"))
+gaussian_mi_from_covariance = jax.jit(mi.gaussian_mi_from_covariance, static_argnums=1)
+gaussian_mi = jax.jit(mi.gaussian_mi, static_argnames="chunk_size")
+
 
 def gaussian_truth(rho: float) -> float:
     return -0.5 * math.log(1.0 - rho**2)
@@ -33,14 +39,14 @@ def bivariate(rho: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_plugin_exact_on_tables():
     # Independent table: MI 0 exactly.
     pa, pb = np.array([0.2, 0.3, 0.5]), np.array([0.6, 0.4])
-    assert abs(float(mi.plugin_mi_table(np.outer(pa, pb)))) < 1e-7
+    assert abs(float(plugin_mi_table(np.outer(pa, pb)))) < 1e-7
     # Uniform diagonal (Y = X, K values): MI = log K.
-    assert float(mi.plugin_mi_table(np.eye(5) / 5)) == pytest.approx(math.log(5), abs=1e-6)
+    assert float(plugin_mi_table(np.eye(5) / 5)) == pytest.approx(math.log(5), abs=1e-6)
     # Binary symmetric channel with flip e and uniform input: log 2 - H_b(e).
     e = 0.1
     table = 0.5 * np.array([[1 - e, e], [e, 1 - e]])
     h_b = -(e * math.log(e) + (1 - e) * math.log(1 - e))
-    assert float(mi.plugin_mi_table(table)) == pytest.approx(math.log(2) - h_b, abs=1e-6)
+    assert float(plugin_mi_table(table)) == pytest.approx(math.log(2) - h_b, abs=1e-6)
     # Counts are normalised; zero cells contribute 0 log 0 = 0.
     counts = np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 2.0]])
     p = counts / counts.sum()
@@ -50,7 +56,7 @@ def test_plugin_exact_on_tables():
         for j in range(3)
         if p[i, j] > 0
     )
-    assert float(mi.plugin_mi_table(counts)) == pytest.approx(brute, abs=1e-6)
+    assert float(plugin_mi_table(counts)) == pytest.approx(brute, abs=1e-6)
 
 
 def test_plugin_from_samples_is_empirical_table_mi():
@@ -59,8 +65,8 @@ def test_plugin_from_samples_is_empirical_table_mi():
     b = (a + rng.integers(0, 2, 1000)) % 3
     table = np.zeros((4, 3))
     np.add.at(table, (a, b), 1)
-    assert float(mi.plugin_mi(a, b, num_a=4, num_b=3)) == pytest.approx(
-        float(mi.plugin_mi_table(table)), abs=1e-6
+    assert float(plugin_mi(a, b, num_a=4, num_b=3)) == pytest.approx(
+        float(plugin_mi_table(table)), abs=1e-6
     )
 
 
@@ -70,14 +76,14 @@ def test_plugin_from_samples_is_empirical_table_mi():
 @pytest.mark.parametrize("rho", RHOS)
 def test_gaussian_estimator(rho):
     cov = np.array([[1.0, rho], [rho, 1.0]])
-    assert float(mi.gaussian_mi_from_covariance(cov, 1)) == pytest.approx(
+    assert float(gaussian_mi_from_covariance(cov, 1)) == pytest.approx(
         gaussian_truth(rho), abs=1e-6
     )
     x, z = bivariate(rho, 20000, seed=1)
     # Sampling error of the correlation is ~ (1 - rho^2) / sqrt(n); chunking must not matter.
-    est = float(mi.gaussian_mi(x, z, chunk_size=777))
+    est = float(gaussian_mi(x, z, chunk_size=777))
     assert est == pytest.approx(gaussian_truth(rho), abs=0.01)
-    assert est == pytest.approx(float(mi.gaussian_mi(x, z, chunk_size=20000)), rel=1e-4, abs=1e-6)
+    assert est == pytest.approx(float(gaussian_mi(x, z, chunk_size=20000)), rel=1e-4, abs=1e-6)
 
 
 def test_gaussian_multivariate_block():
@@ -85,7 +91,7 @@ def test_gaussian_multivariate_block():
     cov = np.array([[2.0, 0.3, 0.8], [0.3, 1.0, 0.4], [0.8, 0.4, 1.5]])
     det = np.linalg.det
     truth = 0.5 * math.log(det(cov[:2, :2]) * cov[2, 2] / det(cov))
-    assert float(mi.gaussian_mi_from_covariance(cov, 2)) == pytest.approx(truth, abs=1e-6)
+    assert float(gaussian_mi_from_covariance(cov, 2)) == pytest.approx(truth, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------ KSG
@@ -135,13 +141,15 @@ def test_sorted_counts_equal_brute_force_counts_with_ties():
     radius = (rng.integers(0, 12, 500) / 4.0).astype(np.float32)
     radius[::7] = np.nextafter(radius[::7], np.float32(0))  # just inside a tie
     brute = (np.abs(v[:, None] - v[None, :]) <= radius[:, None]).sum(1)
-    counts = mi._sorted_count(jnp.sort(jnp.asarray(v)), jnp.asarray(v), jnp.asarray(radius))
+    sorted_count = jax.jit(lambda v, radius: mi._sorted_count(jnp.sort(v), v, radius))
+    counts = sorted_count(jnp.asarray(v), jnp.asarray(radius))
     np.testing.assert_array_equal(np.asarray(counts), brute)
     # The same through the marginal helper (self excluded), 1-D and a chunked 2-D marginal.
-    np.testing.assert_array_equal(np.asarray(mi._marginal_count(v[:, None], radius, 64)), brute - 1)
+    marginal_count = jax.jit(mi._marginal_count, static_argnums=2)
+    np.testing.assert_array_equal(np.asarray(marginal_count(v[:, None], radius, 64)), brute - 1)
     v2 = np.stack([v, np.roll(v, 1)], axis=1)
     brute2 = (np.abs(v2[:, None] - v2[None]).max(-1) <= radius[:, None]).sum(1)
-    np.testing.assert_array_equal(np.asarray(mi._marginal_count(v2, radius, 64)), brute2 - 1)
+    np.testing.assert_array_equal(np.asarray(marginal_count(v2, radius, 64)), brute2 - 1)
 
 
 @pytest.mark.parametrize("step", (None, 0.25))
@@ -256,14 +264,21 @@ def test_bounds_with_optimal_critic(rho):
     # With the true log density ratio: DV and NWJ (critic 1 + log r) are tight in
     # expectation; InfoNCE is below the truth, with a gap that shrinks as K grows.
     x, z = bivariate(rho, 8192, seed=5)
-    x, z = jnp.asarray(x), jnp.asarray(z)
     f = optimal_log_ratio(rho)
     truth = gaussian_truth(rho)
     blocks = [(x[i : i + 512], z[i : i + 512]) for i in range(0, 8192, 512)]
-    dv = np.mean([float(mi.dv_bound(f(a, b))) for a, b in blocks])
-    nwj = np.mean([float(mi.nwj_bound(1.0 + f(a, b))) for a, b in blocks])
-    nce = np.mean([float(mi.infonce_bound(f(a, b))) for a, b in blocks])
-    nce_small = np.mean([float(mi.infonce_bound(f(a[:8], b[:8]))) for a, b in blocks])
+
+    @jax.jit
+    def bounds(a, b):
+        return (
+            mi.dv_bound(f(a, b)),
+            mi.nwj_bound(1.0 + f(a, b)),
+            mi.infonce_bound(f(a, b)),
+            mi.infonce_bound(f(a[:8], b[:8])),
+        )
+
+    per_block = [bounds(a, b) for a, b in blocks]
+    dv, nwj, nce, nce_small = (np.mean([float(v[i]) for v in per_block]) for i in range(4))
     assert dv == pytest.approx(truth, abs=0.05)
     assert nwj == pytest.approx(truth, abs=0.05)
     assert nce <= truth + 0.02 and nce == pytest.approx(truth, abs=0.05)
@@ -271,8 +286,8 @@ def test_bounds_with_optimal_critic(rho):
 
 
 def test_infonce_never_exceeds_log_k():
-    scores = 50.0 * jnp.eye(16)  # a critic that identifies every positive pair
-    assert float(mi.infonce_bound(scores)) == pytest.approx(math.log(16), abs=1e-5)
+    scores = 50.0 * np.eye(16, dtype=np.float32)  # a critic that identifies every positive pair
+    assert float(jax.jit(mi.infonce_bound)(scores)) == pytest.approx(math.log(16), abs=1e-5)
 
 
 @pytest.mark.parametrize("bound", ("dv", "nwj", "infonce"))
@@ -310,7 +325,9 @@ def test_variational_with_discrete_labels():
 
 def test_chunked_map_matches_direct_call():
     x = jnp.arange(23.0).reshape(23, 1)
-    out = mi.chunked_map(lambda a: {"sq": a**2, "sum": jnp.sum(a, axis=1)}, x, chunk_size=5)
+    out = jax.jit(
+        lambda x: mi.chunked_map(lambda a: {"sq": a**2, "sum": jnp.sum(a, axis=1)}, x, chunk_size=5)
+    )(x)
     np.testing.assert_allclose(out["sq"], x**2)
     np.testing.assert_allclose(out["sum"], x[:, 0])
 
