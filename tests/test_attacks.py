@@ -55,9 +55,9 @@ def trained_cnn():
     """A small CNN trained for a few seconds on noisy class prototypes (10x10, 10 classes)."""
     xtr, ytr = _prototype_data(1500, 0)
     model = _TinyCNN()
-    params = model.init(jax.random.key(0), xtr[:1])
+    params = jax.jit(model.init)(jax.random.key(0), xtr[:1])
     opt = optax.adam(3e-3)
-    state = opt.init(params)
+    state = jax.jit(opt.init)(params)
 
     @jax.jit
     def step(p, s, xb, yb):
@@ -74,13 +74,13 @@ def trained_cnn():
         params, state = step(params, state, xtr[idx], ytr[idx])
     x, y = _prototype_data(128, 1)
     logits_fn = jax.jit(lambda v: model.apply(params, v))
-    acc = float(np.mean(np.argmax(logits_fn(x), 1) == y))
+    acc = float(np.mean(np.argmax(np.asarray(logits_fn(x)), 1) == y))
     assert acc > 0.9, acc  # the fixture must be a working classifier
     return logits_fn, jnp.asarray(x), jnp.asarray(y)
 
 
 def _accuracy(logits_fn, x, y) -> float:
-    return float(jnp.mean(jnp.argmax(logits_fn(x), axis=1) == y))
+    return float(np.mean(np.argmax(np.asarray(logits_fn(x)), axis=1) == np.asarray(y)))
 
 
 # ----------------------------------------------------------------------------- PGD
@@ -94,19 +94,21 @@ def test_pgd_reaches_the_linear_optimum(norm):
     w = jax.random.normal(jax.random.key(1), (d,))
     x = jax.random.uniform(jax.random.key(2), (6, d))
     y = jnp.ones(6, jnp.int32)
-    f = _binary_linear(w)
-    if norm == "linf":
-        d_star = -eps * jnp.sign(w)
-    elif norm == "l2":
-        d_star = -eps * w / jnp.linalg.norm(w)
-    else:
-        i = jnp.argmax(jnp.abs(w))
-        d_star = -eps * jnp.sign(w[i]) * jax.nn.one_hot(i, d)
-    run = jax.jit(
-        lambda v, t: pgd(
+
+    @jax.jit
+    def run(w, x, y):
+        f = _binary_linear(w)
+        if norm == "linf":
+            d_star = -eps * jnp.sign(w)
+        elif norm == "l2":
+            d_star = -eps * w / jnp.linalg.norm(w)
+        else:
+            i = jnp.argmax(jnp.abs(w))
+            d_star = -eps * jnp.sign(w[i]) * jax.nn.one_hot(i, d)
+        x_adv = pgd(
             f,
-            v,
-            t,
+            x,
+            y,
             jax.random.key(0),
             norm=norm,
             eps=eps,
@@ -115,21 +117,26 @@ def test_pgd_reaches_the_linear_optimum(norm):
             bounds=UNBOUNDED,
             l1_sparsity=1.0,
         )
-    )
-    x_adv = run(x, y)
-    optimal = losses.cross_entropy(f(x + d_star), y)
-    np.testing.assert_allclose(
-        np.asarray(losses.cross_entropy(f(x_adv), y)), np.asarray(optimal), atol=1e-4
-    )
-    assert float(jnp.max(geometry.lp_norm(x_adv - x, norm=norm))) <= eps * (1 + 1e-5)
+        optimal = losses.cross_entropy(f(x + d_star), y)
+        size = jnp.max(geometry.lp_norm(x_adv - x, norm=norm))
+        return losses.cross_entropy(f(x_adv), y), optimal, size
+
+    attained, optimal, size = run(w, x, y)
+    np.testing.assert_allclose(np.asarray(attained), np.asarray(optimal), atol=1e-4)
+    assert float(size) <= eps * (1 + 1e-5)
 
 
 def test_fgsm_is_optimal_for_a_linear_model_in_linf():
-    w = jax.random.normal(jax.random.key(1), (12,))
-    x = jax.random.uniform(jax.random.key(2), (5, 12))
-    y = jnp.ones(5, jnp.int32)
-    x_adv = fgsm(_binary_linear(w), x, y, eps=0.1, bounds=UNBOUNDED)
-    np.testing.assert_allclose(np.asarray(x_adv), np.asarray(x - 0.1 * jnp.sign(w)), atol=1e-6)
+    @jax.jit
+    def run():
+        w = jax.random.normal(jax.random.key(1), (12,))
+        x = jax.random.uniform(jax.random.key(2), (5, 12))
+        y = jnp.ones(5, jnp.int32)
+        x_adv = fgsm(_binary_linear(w), x, y, eps=0.1, bounds=UNBOUNDED)
+        return x_adv, x - 0.1 * jnp.sign(w)
+
+    x_adv, expected = run()
+    np.testing.assert_allclose(np.asarray(x_adv), np.asarray(expected), atol=1e-6)
 
 
 def _bumpy(x):
@@ -144,14 +151,17 @@ def test_restarts_return_the_per_example_worst_case():
     keys = jax.random.split(jax.random.key(5), 16)
     kw = dict(eps=0.25, step_size=0.01, num_steps=15, bounds=UNBOUNDED)
     combined = jax.jit(lambda k: pgd(_bumpy, x, y, k, num_restarts=4, **kw))(keys)
-    single = jax.jit(lambda k: pgd(_bumpy, x, y, k, **kw))
-    singles = [single(fold_in_each(keys, r)) for r in range(4)]
-    run_loss = np.stack([np.asarray(losses.cross_entropy(_bumpy(s), y)) for s in singles])
-    run_succ = np.stack([np.asarray(jnp.argmax(_bumpy(s), 1) != y) for s in singles])
+
+    @jax.jit
+    def single(r):
+        s = pgd(_bumpy, x, y, fold_in_each(keys, r), **kw)
+        return s, losses.cross_entropy(_bumpy(s), y), jnp.argmax(_bumpy(s), 1) != y
+
+    singles, run_loss, run_succ = map(np.stack, zip(*[single(r) for r in range(4)], strict=True))
     # The restarts must disagree for the test to mean anything.
     assert np.max(run_loss.max(0) - run_loss.min(0)) > 0.05
     rank = np.where(run_succ.any(0)[None], np.where(run_succ, run_loss, -np.inf), run_loss)
-    expected = np.stack([np.asarray(singles[r][i]) for i, r in enumerate(rank.argmax(0))])
+    expected = np.stack([singles[r][i] for i, r in enumerate(rank.argmax(0))])
     np.testing.assert_allclose(np.asarray(combined), expected, atol=1e-6)
 
 
@@ -160,11 +170,17 @@ def test_targeted_pgd_reaches_the_target_on_a_linear_model():
     # t the top class, so eps_i = 1.5 ||d*_i||_inf (a per-example eps) admits a solution.
     W = jax.random.normal(jax.random.key(3), (20, 10))
     f = lambda v: v @ W  # noqa: E731
-    x = jax.random.uniform(jax.random.key(4), (8, 20))
-    target = (jnp.argmax(f(x), 1) + 3) % 10
-    d_star = (5.0 * jax.nn.one_hot(target, 10) - f(x)) @ jnp.linalg.pinv(W)
-    eps = 1.5 * jnp.max(jnp.abs(d_star), axis=1)
-    assert bool(jnp.all(jnp.argmax(f(x + d_star), 1) == target))
+
+    @jax.jit
+    def problem():
+        x = jax.random.uniform(jax.random.key(4), (8, 20))
+        target = (jnp.argmax(f(x), 1) + 3) % 10
+        d_star = (5.0 * jax.nn.one_hot(target, 10) - f(x)) @ jnp.linalg.pinv(W)
+        eps = 1.5 * jnp.max(jnp.abs(d_star), axis=1)
+        return x, target, eps, jnp.argmax(f(x + d_star), 1)
+
+    x, target, eps, top = problem()
+    assert bool(np.all(np.asarray(top) == np.asarray(target)))
     x_adv = jax.jit(
         pgd, static_argnums=0, static_argnames=("num_steps", "loss", "targeted", "bounds")
     )(
@@ -179,8 +195,11 @@ def test_targeted_pgd_reaches_the_target_on_a_linear_model():
         targeted=True,
         bounds=UNBOUNDED,
     )
-    assert bool(jnp.all(jnp.argmax(f(x_adv), 1) == target))
-    assert bool(jnp.all(geometry.lp_norm(x_adv - x, norm="linf") <= eps * (1 + 1e-5)))
+    top, size = jax.jit(lambda v: (jnp.argmax(f(v), 1), geometry.lp_norm(v - x, norm="linf")))(
+        x_adv
+    )
+    assert bool(np.all(np.asarray(top) == np.asarray(target)))
+    assert bool(np.all(np.asarray(size) <= np.asarray(eps) * (1 + 1e-5)))
 
 
 def test_eps_sweep_by_vmap_equals_separate_runs(trained_cnn):
@@ -190,10 +209,10 @@ def test_eps_sweep_by_vmap_equals_separate_runs(trained_cnn):
         ml_collections.ConfigDict({"name": "pgd", "eps": 0.1, "num_steps": 5, "num_restarts": 2})
     )
     grid = jnp.asarray([0.0, 0.05, 0.2])
-    swept = jax.jit(jax.vmap(lambda e: attack(f, x, y, jax.random.key(1), eps=e)))(grid)
+    swept = np.asarray(jax.jit(jax.vmap(lambda e: attack(f, x, y, jax.random.key(1), eps=e)))(grid))
     single = jax.jit(lambda e: attack(f, x, y, jax.random.key(1), eps=e))
-    for i in range(len(grid)):
-        np.testing.assert_allclose(np.asarray(swept[i]), np.asarray(single(grid[i])), atol=1e-5)
+    for i, eps in enumerate(np.asarray(grid)):
+        np.testing.assert_allclose(swept[i], np.asarray(single(eps)), atol=1e-5)
     accs = [_accuracy(f, swept[i], y) for i in range(len(grid))]
     assert accs[0] == _accuracy(f, x, y) and accs[-1] < accs[0]
 
@@ -250,11 +269,11 @@ class _BNNet(nn.Module):
 def test_attacks_leave_batchnorm_statistics_untouched():
     model = _BNNet()
     x = jax.random.uniform(jax.random.key(0), (6, 4, 4, 1))
-    variables = model.init(jax.random.key(1), x)
-    stats = jax.tree.map(lambda v: v + 0.3, variables["batch_stats"])
+    variables = jax.jit(model.init)(jax.random.key(1), x)
+    stats = jax.jit(lambda s: jax.tree.map(lambda v: v + 0.3, s))(variables["batch_stats"])
     variables = {"params": variables["params"], "batch_stats": stats}
     before = jax.tree.map(np.array, variables)
-    f = lambda v: model.apply(variables, v, train=False)  # noqa: E731
+    f = jax.jit(lambda v: model.apply(variables, v, train=False))
     y = jnp.argmax(f(x), 1)
     clean = np.asarray(f(x))
     k = jax.random.key(0)
@@ -302,14 +321,16 @@ def test_apgd_reaches_the_linear_optimum():
     w = jax.random.normal(jax.random.key(1), (16,))
     x = jax.random.uniform(jax.random.key(2), (6, 16))
     y = jnp.ones(6, jnp.int32)
-    f = _binary_linear(w)
-    x_adv = jax.jit(
-        lambda v: apgd(f, v, y, jax.random.key(0), eps=0.2, num_steps=20, bounds=UNBOUNDED)
-    )(x)
-    optimal = losses.cross_entropy(f(x - 0.2 * jnp.sign(w)), y)
-    np.testing.assert_allclose(
-        np.asarray(losses.cross_entropy(f(x_adv), y)), np.asarray(optimal), atol=1e-4
-    )
+
+    @jax.jit
+    def run(w, x, y):
+        f = _binary_linear(w)
+        x_adv = apgd(f, x, y, jax.random.key(0), eps=0.2, num_steps=20, bounds=UNBOUNDED)
+        optimal = losses.cross_entropy(f(x - 0.2 * jnp.sign(w)), y)
+        return losses.cross_entropy(f(x_adv), y), optimal
+
+    attained, optimal = run(w, x, y)
+    np.testing.assert_allclose(np.asarray(attained), np.asarray(optimal), atol=1e-4)
 
 
 def test_apgd_is_at_least_as_strong_as_pgd(trained_cnn):
@@ -329,7 +350,8 @@ def test_apgd_is_at_least_as_strong_as_pgd(trained_cnn):
 
 
 def test_square_schedule_halves_p_at_the_paper_iterations():
-    p = lambda i, n: float(p_schedule(jnp.asarray(i), n, 0.8))  # noqa: E731
+    schedule = jax.jit(p_schedule, static_argnums=1)
+    p = lambda i, n: float(schedule(jnp.asarray(i), n, 0.8))  # noqa: E731
     expected = {
         (0, 10000): 0.8,
         (10, 10000): 0.8,
@@ -374,23 +396,20 @@ def test_square_lowers_accuracy_without_gradient_access(trained_cnn, norm, eps):
 def test_bpda_uses_the_approximation_on_the_backward_pass():
     w = jax.random.normal(jax.random.key(1), (6, 3))
     quantise = lambda v: jnp.round(v * 4.0) / 4.0  # noqa: E731  (zero gradient a.e.)
-    masked = lambda v: quantise(v) @ w  # noqa: E731
-    wrapped = lambda v: bpda(quantise)(v) @ w  # noqa: E731
+    masked = jax.jit(lambda v: quantise(v) @ w)
+    wrapped = jax.jit(lambda v: bpda(quantise)(v) @ w)
     x = jax.random.uniform(jax.random.key(0), (5, 6))
     np.testing.assert_array_equal(np.asarray(wrapped(x)), np.asarray(masked(x)))
-    g_masked = jax.grad(lambda v: masked(v)[:, 0].sum())(x)
-    g_bpda = jax.grad(lambda v: wrapped(v)[:, 0].sum())(x)
-    assert float(jnp.abs(g_masked).max()) == 0.0
+    g_masked = jax.jit(jax.grad(lambda v: masked(v)[:, 0].sum()))(x)
+    g_bpda = jax.jit(jax.grad(lambda v: wrapped(v)[:, 0].sum()))(x)
+    assert float(np.abs(g_masked).max()) == 0.0
     np.testing.assert_allclose(
-        np.asarray(g_bpda), np.broadcast_to(np.asarray(w[:, 0]), (5, 6)), rtol=1e-6
+        np.asarray(g_bpda), np.broadcast_to(np.asarray(w)[:, 0], (5, 6)), rtol=1e-6
     )
-    y = jnp.argmax(masked(x), 1)
-    blocked = pgd(
-        masked, x, y, jax.random.key(0), eps=0.5, step_size=0.1, num_steps=10, random_start=False
-    )
-    broken = pgd(
-        wrapped, x, y, jax.random.key(0), eps=0.5, step_size=0.1, num_steps=10, random_start=False
-    )
+    y = np.argmax(np.asarray(masked(x)), 1)
+    kw = dict(eps=0.5, step_size=0.1, num_steps=10, random_start=False)
+    blocked = jax.jit(lambda v: pgd(masked, v, y, jax.random.key(0), **kw))(x)
+    broken = jax.jit(lambda v: pgd(wrapped, v, y, jax.random.key(0), **kw))(x)
     assert _accuracy(masked, blocked, y) == 1.0 and _accuracy(masked, broken, y) < 1.0
 
 

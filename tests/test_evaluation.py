@@ -220,7 +220,7 @@ class _BNNet(nn.Module):
 def test_sanity_checks_flag_a_model_in_train_mode():
     _, x, y, _, _ = _binary_problem()
     model = _BNNet()
-    variables = model.init(jax.random.key(0), x[:2])
+    variables = jax.jit(model.init)(jax.random.key(0), x[:2])
 
     def train_mode(v):  # BatchNorm normalises with the statistics of the batch
         return model.apply(variables, v, train=True, mutable=["batch_stats"])[0]

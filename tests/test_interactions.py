@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -262,11 +263,11 @@ def test_chunking_does_not_change_values():
 
 def test_sampled_contexts_have_the_right_size_and_exclude_the_pair():
     keys = jax.random.split(jax.random.key(0), 200)
-    masks = jax.vmap(lambda k: itx.sample_context(k, 10, 3, 7, 4))(keys)
-    assert np.all(np.asarray(masks.sum(1)) == 4)
-    assert not np.any(np.asarray(masks[:, [3, 7]]))
+    masks = np.asarray(jax.jit(jax.vmap(lambda k: itx.sample_context(k, 10, 3, 7, 4)))(keys))
+    assert np.all(masks.sum(1) == 4)
+    assert not np.any(masks[:, [3, 7]])
     # Uniform over the 8 other players: each is present with probability 4/8.
-    assert np.all(np.abs(np.asarray(masks.mean(0))[[0, 1, 2, 4, 5, 6, 8, 9]] - 0.5) < 0.15)
+    assert np.all(np.abs(masks.mean(0)[[0, 1, 2, 4, 5, 6, 8, 9]] - 0.5) < 0.15)
 
 
 def test_pairs():
@@ -352,30 +353,37 @@ class TinyCNN(nn.Module):
 def tiny_model():
     x = jax.random.uniform(jax.random.key(0), (4, 12, 12, 2))
     module = TinyCNN()
-    variables = module.init(jax.random.key(1), x)
+    variables = jax.jit(module.init)(jax.random.key(1), x)
     return jax.jit(lambda z: module.apply(variables, z, train=False)), x
 
 
 def test_masked_forward_pass_matches_plain_forward(tiny_model):
     logits_fn, x = tiny_model
     n = 9
-    for baseline in ("mean", "zero", "blur"):
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def values(baseline):
         game = itx.image_game(logits_fn, x[0], 3, grid=(3, 3), baseline=baseline, chunk_size=2)
         full, empty = game(jnp.stack([jnp.ones(n, bool), jnp.zeros(n, bool)]))
-        assert full == pytest.approx(float(jax.nn.log_softmax(logits_fn(x[:1]))[0, 3]), abs=1e-5)
         base = itx.make_baseline(x[0], baseline)
-        assert empty == pytest.approx(
-            float(jax.nn.log_softmax(logits_fn(base[None]))[0, 3]), abs=1e-5
-        )
+        plain_full = jax.nn.log_softmax(logits_fn(x[:1]))[0, 3]
+        plain_empty = jax.nn.log_softmax(logits_fn(base[None]))[0, 3]
+        return full, empty, plain_full, plain_empty
+
+    for baseline in ("mean", "zero", "blur"):
+        full, empty, plain_full, plain_empty = map(float, values(baseline))
+        assert full == pytest.approx(plain_full, abs=1e-5)
+        assert empty == pytest.approx(plain_empty, abs=1e-5)
 
 
 def test_output_options(tiny_model):
     logits_fn, x = tiny_model
+    output_values = jax.jit(itx.output_values, static_argnums=(1, 2))
     z = logits_fn(x)
-    p = jax.nn.softmax(z)[:, 1]
-    np.testing.assert_allclose(itx.output_values(z, 1, "log_odds"), np.log(p / (1 - p)), rtol=1e-4)
-    np.testing.assert_allclose(itx.output_values(z, 1, "log_prob"), np.log(p), rtol=1e-5)
-    np.testing.assert_allclose(itx.output_values(z, 1, "logit"), z[:, 1])
+    p = np.asarray(jax.jit(jax.nn.softmax)(z))[:, 1]
+    np.testing.assert_allclose(output_values(z, 1, "log_odds"), np.log(p / (1 - p)), rtol=1e-4)
+    np.testing.assert_allclose(output_values(z, 1, "log_prob"), np.log(p), rtol=1e-5)
+    np.testing.assert_allclose(output_values(z, 1, "logit"), np.asarray(z)[:, 1])
     with pytest.raises(ValueError, match="analysis.output"):
         itx.output_values(z, 1, "prob")
 
@@ -408,12 +416,17 @@ def test_grid_partition_and_baselines():
     uneven = itx.grid_cells((10, 10), (3, 3))
     assert set(np.bincount(uneven.ravel())) <= {9, 12, 16}
     x = jax.random.uniform(jax.random.key(0), (8, 8, 3))
-    masks = jnp.eye(4, dtype=bool)  # one present cell per mask on a 2x2 grid
-    imgs = itx.masked_inputs(x, jnp.zeros_like(x), itx.grid_cells((8, 8), (2, 2)), masks)
-    assert np.all(np.asarray((imgs != 0).any(-1).sum((1, 2))) == 16)
-    np.testing.assert_array_equal(imgs[3, 4:, 4:], x[4:, 4:])
-    const = jnp.full((9, 9, 1), 0.3)
-    np.testing.assert_allclose(itx.make_baseline(const, "blur", blur_sigma=1.5), const, atol=1e-6)
+    masks = np.eye(4, dtype=bool)  # one present cell per mask on a 2x2 grid
+    imgs = np.asarray(
+        jax.jit(itx.masked_inputs)(
+            x, np.zeros(x.shape, x.dtype), itx.grid_cells((8, 8), (2, 2)), masks
+        )
+    )
+    assert np.all((imgs != 0).any(-1).sum((1, 2)) == 16)
+    np.testing.assert_array_equal(imgs[3, 4:, 4:], np.asarray(x)[4:, 4:])
+    const = np.full((9, 9, 1), 0.3, np.float32)
+    blur = jax.jit(functools.partial(itx.make_baseline, kind="blur", blur_sigma=1.5))
+    np.testing.assert_allclose(blur(const), const, atol=1e-6)
     np.testing.assert_allclose(
         itx.make_baseline(x, "mean", channel_mean=[0.1, 0.2, 0.3])[5, 5], [0.1, 0.2, 0.3]
     )
@@ -465,8 +478,9 @@ def test_equal_strength_pgd_halves_on_overshoot_closed_form():
         init_std=0.0,
         bounds=(-100.0, 100.0),
     )
-    np.testing.assert_allclose(res.x_adv[:, 0], [8.25, 4.125])
-    np.testing.assert_allclose(res.x_adv[:, 1:], 0.0)
+    x_adv = np.asarray(res.x_adv)
+    np.testing.assert_allclose(x_adv[:, 0], [8.25, 4.125])
+    np.testing.assert_allclose(x_adv[:, 1:], 0.0)
     np.testing.assert_allclose(res.drop, [8.25, 8.25])
     np.testing.assert_array_equal(res.in_band, [True, True])
     np.testing.assert_array_equal(res.steps, [6, 6])
@@ -488,15 +502,17 @@ def test_equal_strength_pgd_on_a_model_respects_band_and_ball(tiny_model):
             band=(0.3, 0.35),
             norm=norm,
         )
-        drop = logits_fn(x)[jnp.arange(4), y] - logits_fn(res.x_adv)[jnp.arange(4), y]
-        np.testing.assert_allclose(drop, res.drop, atol=1e-5)
+        x_adv, res_drop = np.asarray(res.x_adv), np.asarray(res.drop)
+        rows = np.arange(4), np.asarray(y)
+        drop = np.asarray(logits_fn(x))[rows] - np.asarray(logits_fn(res.x_adv))[rows]
+        np.testing.assert_allclose(drop, res_drop, atol=1e-5)
         assert np.all(np.asarray(res.in_band))
-        assert np.all((np.asarray(res.drop) > 0.3) & (np.asarray(res.drop) <= 0.35))
-        delta = np.asarray(res.x_adv - x).reshape(4, -1)
+        assert np.all((res_drop > 0.3) & (res_drop <= 0.35))
+        delta = (x_adv - np.asarray(x)).reshape(4, -1)
         size = np.linalg.norm(delta, ord={"linf": np.inf, "l2": 2, "l1": 1}[norm], axis=1)
         assert np.all(size <= eps + 1e-5)
-        assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
-    assert math.isfinite(float(res.drop.sum()))
+        assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    assert math.isfinite(float(res_drop.sum()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ binary classifier.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -40,26 +41,32 @@ def test_inner_maximum_beats_brute_force(norm):
     w = jax.random.normal(key, (d,))
     x = jax.random.normal(jax.random.fold_in(key, 1), (n, d))
     y = jax.random.normal(jax.random.fold_in(key, 2), (n,))
-    delta = tradeoff.worst_case_perturbation(w, x, y, norm=norm, eps=eps)
-    norms = {
-        "linf": jnp.max(jnp.abs(delta), 1),
-        "l2": jnp.linalg.norm(delta, axis=1),
-        "l1": jnp.sum(jnp.abs(delta), 1),
-    }[norm]
-    np.testing.assert_allclose(norms, eps, rtol=1e-5)
-    exact = tradeoff.adversarial_squared_loss(w, x, y, norm=norm, eps=eps)
-    np.testing.assert_allclose((y - (x + delta) @ w) ** 2, exact, rtol=1e-5)
-    # Random points of the ball (including its vertices / boundary) never do better.
     u = jax.random.normal(jax.random.fold_in(key, 3), (500, n, d))
-    if norm == "linf":
-        cand = eps * jnp.sign(u)
-    elif norm == "l2":
-        cand = eps * u / jnp.linalg.norm(u, axis=-1, keepdims=True)
-    else:
-        cand = eps * u / jnp.sum(jnp.abs(u), axis=-1, keepdims=True)
-    losses = (y[None] - (x[None] + cand) @ w) ** 2
-    assert bool(jnp.all(losses <= exact[None] * (1 + 1e-5) + 1e-6))
-    assert float(jnp.max(losses, 0).min() / exact.min()) > 0.5  # the search is not vacuous
+
+    @jax.jit
+    def search(w, x, y, u):
+        delta = tradeoff.worst_case_perturbation(w, x, y, norm=norm, eps=eps)
+        norms = {
+            "linf": jnp.max(jnp.abs(delta), 1),
+            "l2": jnp.linalg.norm(delta, axis=1),
+            "l1": jnp.sum(jnp.abs(delta), 1),
+        }[norm]
+        exact = tradeoff.adversarial_squared_loss(w, x, y, norm=norm, eps=eps)
+        if norm == "linf":
+            cand = eps * jnp.sign(u)
+        elif norm == "l2":
+            cand = eps * u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+        else:
+            cand = eps * u / jnp.sum(jnp.abs(u), axis=-1, keepdims=True)
+        losses = (y[None] - (x[None] + cand) @ w) ** 2
+        return norms, (y - (x + delta) @ w) ** 2, exact, losses
+
+    norms, attained, exact, losses = map(np.asarray, search(w, x, y, u))
+    np.testing.assert_allclose(norms, eps, rtol=1e-5)
+    np.testing.assert_allclose(attained, exact, rtol=1e-5)
+    # Random points of the ball (including its vertices / boundary) never do better.
+    assert bool(np.all(losses <= exact[None] * (1 + 1e-5) + 1e-6))
+    assert float(np.max(losses, 0).min() / exact.min()) > 0.5  # the search is not vacuous
 
 
 @pytest.mark.parametrize("norm", tradeoff.NORMS)
@@ -70,14 +77,18 @@ def test_gaussian_risk_matches_monte_carlo_with_exact_maximiser(norm):
     x, y = sample_core_spurious(jax.random.PRNGKey(8), 100_000, **params)
     w = jnp.asarray([0.4, 0.3, 0.1, -0.05, 0.08])
     eps = 0.3
-    delta = tradeoff.worst_case_perturbation(w, x, y, norm=norm, eps=eps)
-    losses = (y - (x + delta) @ w) ** 2
-    mc, se = float(jnp.mean(losses)), float(jnp.std(losses)) / math.sqrt(x.shape[0])
-    closed = float(
-        tradeoff.gaussian_adversarial_risk(
+
+    @jax.jit
+    def risks(w, x, y):
+        delta = tradeoff.worst_case_perturbation(w, x, y, norm=norm, eps=eps)
+        losses = (y - (x + delta) @ w) ** 2
+        closed = tradeoff.gaussian_adversarial_risk(
             w, cov_xx=jnp.asarray(cov), cov_xy=jnp.asarray(c), var_y=vy, norm=norm, eps=eps
         )
-    )
+        return jnp.mean(losses), jnp.std(losses), closed
+
+    mc, std, closed = map(float, risks(w, x, y))
+    se = std / math.sqrt(x.shape[0])
     assert abs(mc - closed) <= 3 * se, (mc, closed, se)
 
 
@@ -135,20 +146,20 @@ def test_optax_minimiser_matches_scipy_and_ols_at_zero(norm):
     )
     np.testing.assert_allclose(got[0], np.linalg.solve(cov, c), atol=1e-3)
     np.testing.assert_allclose(got[0], tradeoff.least_squares(cov, c), atol=1e-3)
+    risk = jax.jit(
+        lambda v, e: tradeoff.gaussian_adversarial_risk(
+            jnp.asarray(v, jnp.float32),
+            cov_xx=jnp.asarray(cov),
+            cov_xy=jnp.asarray(c),
+            var_y=vy,
+            norm=norm,
+            eps=e,
+        )
+    )
     for w, eps in zip(got[1:], eps_grid[1:], strict=True):
         ref = _scipy_minimiser(cov, c, vy, norm, eps)
         np.testing.assert_allclose(w, ref, atol=3e-3)
-        risk = lambda v, e=eps: float(
-            tradeoff.gaussian_adversarial_risk(
-                jnp.asarray(v, jnp.float32),
-                cov_xx=jnp.asarray(cov),
-                cov_xy=jnp.asarray(c),
-                var_y=vy,
-                norm=norm,
-                eps=e,
-            )
-        )
-        assert risk(w) <= risk(ref) + 1e-5
+        assert float(risk(w, eps)) <= float(risk(ref, eps)) + 1e-5
 
 
 def test_reliance_matches_the_reference_table():
@@ -201,30 +212,36 @@ def test_pgd_reaches_the_closed_form_inner_maximum(norm):
     w = jax.random.normal(key, (d,))
     x = jax.random.normal(jax.random.fold_in(key, 1), (128, d))
     y = jax.random.normal(jax.random.fold_in(key, 2), (128,))
-    exact = tradeoff.adversarial_squared_loss(w, x, y, norm=norm, eps=eps, bias=0.2)
-    # Two restarts: the first from x (which follows the residual's sign to the global
-    # maximum), the second from a random point; the per-example best is kept.
-    x_adv = squared_pgd(
-        lambda a: a @ w + 0.2,
-        x,
-        y,
-        jax.random.fold_in(key, 3),
-        norm=norm,
-        eps=eps,
-        step_size=eps / 4,
-        num_steps=12,
-        random_start=False,
-        num_restarts=2,
-    )
-    got = (y - x_adv @ w - 0.2) ** 2
+
+    @jax.jit
+    def attack(w, x, y, key):
+        exact = tradeoff.adversarial_squared_loss(w, x, y, norm=norm, eps=eps, bias=0.2)
+        # Two restarts: the first from x (which follows the residual's sign to the global
+        # maximum), the second from a random point; the per-example best is kept.
+        x_adv = squared_pgd(
+            lambda a: a @ w + 0.2,
+            x,
+            y,
+            key,
+            norm=norm,
+            eps=eps,
+            step_size=eps / 4,
+            num_steps=12,
+            random_start=False,
+            num_restarts=2,
+        )
+        got = (y - x_adv @ w - 0.2) ** 2
+        delta = x_adv - x
+        size = {
+            "linf": jnp.max(jnp.abs(delta), 1),
+            "l2": jnp.linalg.norm(delta, axis=1),
+            "l1": jnp.sum(jnp.abs(delta), 1),
+        }[norm]
+        return got, exact, size
+
+    got, exact, size = map(np.asarray, attack(w, x, y, jax.random.fold_in(key, 3)))
     np.testing.assert_allclose(got, exact, rtol=1e-4)
-    delta = x_adv - x
-    size = {
-        "linf": jnp.max(jnp.abs(delta), 1),
-        "l2": jnp.linalg.norm(delta, axis=1),
-        "l1": jnp.sum(jnp.abs(delta), 1),
-    }[norm]
-    assert bool(jnp.all(size <= eps * (1 + 1e-5)))
+    assert bool(np.all(size <= eps * (1 + 1e-5)))
 
 
 def _linear_forward(w, b):
@@ -322,14 +339,34 @@ def bar_domains():
     }
 
 
-def test_rfs_is_minus_one_for_background_and_plus_one_for_foreground(bar_domains):
+@pytest.fixture(scope="module")
+def predictors():
+    """Compiled predictors of both models, shared by the tests (`sp.make_predictors`)."""
+    return {f: sp.make_predictors(f) for f in (_background_only, _foreground_only)}
+
+
+def test_rfs_is_minus_one_for_background_and_plus_one_for_foreground(bar_domains, predictors):
     same = bar_domains["same"]
     key = jax.random.PRNGKey(0)
     bg = sp.noise_accuracies(
-        _background_only, same["x"], same["y"], same["mask"], key, sigma=0.5, chunk_size=64
+        _background_only,
+        same["x"],
+        same["y"],
+        same["mask"],
+        key,
+        sigma=0.5,
+        chunk_size=64,
+        predictors=predictors[_background_only],
     )
     fg = sp.noise_accuracies(
-        _foreground_only, same["x"], same["y"], same["mask"], key, sigma=0.5, chunk_size=64
+        _foreground_only,
+        same["x"],
+        same["y"],
+        same["mask"],
+        key,
+        sigma=0.5,
+        chunk_size=64,
+        predictors=predictors[_foreground_only],
     )
     assert bg["clean"] == 1.0 and fg["clean"] == 1.0
     assert bg["fg_noise"] == 1.0 and bg["bg_noise"] < 1.0
@@ -337,20 +374,25 @@ def test_rfs_is_minus_one_for_background_and_plus_one_for_foreground(bar_domains
     assert bg["rfs"] == pytest.approx(-1.0)
     assert fg["rfs"] == pytest.approx(1.0)
     # Region noise touches only its region and stays in the box.
-    noisy_bg = sp.region_noise(
-        jnp.asarray(same["x"]), jnp.asarray(same["mask"]), key, sigma=0.5, region="bg"
+    noisy_bg = np.asarray(
+        jax.jit(functools.partial(sp.region_noise, sigma=0.5, region="bg"))(
+            jnp.asarray(same["x"]), jnp.asarray(same["mask"]), key
+        )
     )
     m = same["mask"]
-    np.testing.assert_array_equal(np.asarray(noisy_bg)[m], same["x"][m])
-    assert float(jnp.mean(jnp.abs(noisy_bg - same["x"])[~m])) > 0.1
+    np.testing.assert_array_equal(noisy_bg[m], same["x"][m])
+    assert float(np.mean(np.abs(noisy_bg - same["x"])[~m])) > 0.1
     assert float(noisy_bg.min()) >= 0.0 and float(noisy_bg.max()) <= 1.0
     assert float(sp.relative_foreground_sensitivity(0.8, 0.8)) == 0.0
     assert float(sp.relative_foreground_sensitivity(0.6, 0.9)) == pytest.approx(0.3 / (2 * 0.25))
 
 
-def test_background_classifier_fails_on_flipped_domain(bar_domains):
+def test_background_classifier_fails_on_flipped_domain(bar_domains, predictors):
+    def predict(model, x):
+        return sp.predict(model, x, chunk_size=64, predictors=predictors[model])
+
     acc = {
-        d: float(np.mean(sp.predict(_background_only, v["x"], chunk_size=64) == v["y"]))
+        d: float(np.mean(predict(_background_only, v["x"]) == v["y"]))
         for d, v in bar_domains.items()
     }
     assert acc["same"] == 1.0
@@ -360,12 +402,12 @@ def test_background_classifier_fails_on_flipped_domain(bar_domains):
         acc["same"] - acc["random"]
     )
     fg = {
-        d: float(np.mean(sp.predict(_foreground_only, v["x"], chunk_size=64) == v["y"]))
+        d: float(np.mean(predict(_foreground_only, v["x"]) == v["y"]))
         for d, v in bar_domains.items()
     }
     assert fg == {"same": 1.0, "random": 1.0, "flipped": 1.0}
     rnd = bar_domains["random"]
-    correct = sp.predict(_background_only, rnd["x"], chunk_size=64) == rnd["y"]
+    correct = predict(_background_only, rnd["x"]) == rnd["y"]
     worst, per = sp.worst_group_accuracy(correct, rnd["y"] * 2 + rnd["bg"])
     # Groups where background and label disagree are always wrong for this classifier.
     assert worst == 0.0 and per[0 * 2 + 0] == 1.0 and per[0 * 2 + 1] == 0.0

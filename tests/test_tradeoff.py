@@ -23,10 +23,14 @@ from advjax.data.synthetic import sample_tsipras
 D, P = 1000, 0.95
 ETA = 3.0 / math.sqrt(D)
 
+# One compiled program per shape: the sizes are static, eta, p, eps and the bias traced.
+sample = jax.jit(sample_tsipras, static_argnames=("num", "dim"))
+linear_accuracy = jax.jit(tradeoff.linear_accuracy)
+
 
 @pytest.fixture(scope="module")
 def toy_sample():
-    x, y = sample_tsipras(jax.random.PRNGKey(0), 8000, dim=D, eta=ETA, p=P)
+    x, y = sample(jax.random.PRNGKey(0), 8000, dim=D, eta=ETA, p=P)
     return x, y
 
 
@@ -39,10 +43,8 @@ def test_averaging_classifier_headline_numbers():
         scipy.stats.norm.cdf(-3.0), abs=1e-6
     )
     w = jnp.asarray(tradeoff.averaging_classifier(D))
-    assert float(tradeoff.linear_accuracy(w, eta=ETA, p=P)) == pytest.approx(0.99865, abs=1e-4)
-    assert float(tradeoff.linear_accuracy(w, eta=ETA, p=P, eps=2 * ETA)) == pytest.approx(
-        0.00135, abs=1e-4
-    )
+    assert float(linear_accuracy(w, eta=ETA, p=P, eps=0.0)) == pytest.approx(0.99865, abs=1e-4)
+    assert float(linear_accuracy(w, eta=ETA, p=P, eps=2 * ETA)) == pytest.approx(0.00135, abs=1e-4)
 
 
 @pytest.mark.parametrize("which", ["averaging", "robust"])
@@ -56,7 +58,7 @@ def test_toy_closed_forms_match_monte_carlo(toy_sample, which, eps_factor):
     else:
         w = tradeoff.robust_feature_classifier(D)
         closed = tradeoff.robust_feature_accuracy(p=P, eps=eps)
-    assert float(tradeoff.linear_accuracy(jnp.asarray(w), eta=ETA, p=P, eps=eps)) == (
+    assert float(linear_accuracy(jnp.asarray(w), eta=ETA, p=P, eps=eps)) == (
         pytest.approx(closed, abs=1e-5)
     )
     acc, se = tradeoff.empirical_linear_accuracy(jnp.asarray(w), 0.0, x, y, eps=eps)
@@ -65,28 +67,31 @@ def test_toy_closed_forms_match_monte_carlo(toy_sample, which, eps_factor):
 
 def test_general_linear_accuracy_with_bias_matches_monte_carlo():
     d, eta, p = 20, 0.3, 0.8
-    x, y = sample_tsipras(jax.random.PRNGKey(1), 40_000, dim=d, eta=eta, p=p)
+    x, y = sample(jax.random.PRNGKey(1), 40_000, dim=d, eta=eta, p=p)
     w = jax.random.normal(jax.random.PRNGKey(2), (d + 1,)) * 0.3 + 0.2
     for bias, eps in ((0.3, 0.0), (-0.5, 0.1), (0.1, 0.25)):
-        closed = float(tradeoff.linear_accuracy(w, bias, eta=eta, p=p, eps=eps))
+        closed = float(linear_accuracy(w, bias, eta=eta, p=p, eps=eps))
         acc, se = tradeoff.empirical_linear_accuracy(w, bias, x, y, eps=eps)
         assert abs(acc - closed) <= 3 * se, (bias, eps, acc, closed)
 
 
 def test_linear_margins_are_the_exact_worst_case():
     # The worst-case l_inf perturbation of a linear classifier is -eps * y * sign(w).
-    d = 6
-    x, y = sample_tsipras(jax.random.PRNGKey(3), 64, dim=d, eta=0.5, p=0.9)
-    w = jax.random.normal(jax.random.PRNGKey(4), (d + 1,))
-    eps = 0.2
-    delta = -eps * y[:, None] * jnp.sign(w)[None]
-    attacked = y * ((x + delta) @ w + 0.1)
-    np.testing.assert_allclose(
-        tradeoff.linear_margins(w, 0.1, x, y, eps=eps), attacked, rtol=1e-5, atol=1e-5
-    )
-    rand = jax.random.uniform(jax.random.PRNGKey(5), (200, 64, d + 1), minval=-eps, maxval=eps)
-    others = y[None] * ((x[None] + rand) @ w + 0.1)
-    assert bool(jnp.all(others >= attacked[None] - 1e-5))
+    d, eps = 6, 0.2
+
+    @jax.jit
+    def margins():
+        x, y = sample_tsipras(jax.random.PRNGKey(3), 64, dim=d, eta=0.5, p=0.9)
+        w = jax.random.normal(jax.random.PRNGKey(4), (d + 1,))
+        delta = -eps * y[:, None] * jnp.sign(w)[None]
+        attacked = y * ((x + delta) @ w + 0.1)
+        rand = jax.random.uniform(jax.random.PRNGKey(5), (200, 64, d + 1), minval=-eps, maxval=eps)
+        others = y[None] * ((x[None] + rand) @ w + 0.1)
+        return tradeoff.linear_margins(w, 0.1, x, y, eps=eps), attacked, others
+
+    exact, attacked, others = map(np.asarray, margins())
+    np.testing.assert_allclose(exact, attacked, rtol=1e-5, atol=1e-5)
+    assert bool(np.all(others >= attacked[None] - 1e-5))
 
 
 def test_theorem1_bound_on_a_sweep_of_classifiers():
@@ -134,27 +139,32 @@ def test_adversarial_training_puts_the_weight_on_the_robust_feature(tmp_path):
     model = runs.train_or_load(c, str(tmp_path / "at"))
     w, b = linear_weights(model)
     assert abs(w[0]) / np.abs(w).sum() > 0.8
-    std = float(tradeoff.linear_accuracy(jnp.asarray(w), b, eta=eta, p=p))
-    rob = float(tradeoff.linear_accuracy(jnp.asarray(w), b, eta=eta, p=p, eps=2 * eta))
+    std = float(linear_accuracy(jnp.asarray(w), b, eta=eta, p=p, eps=0.0))
+    rob = float(linear_accuracy(jnp.asarray(w), b, eta=eta, p=p, eps=2 * eta))
     assert std == pytest.approx(p, abs=0.01) and rob == pytest.approx(p, abs=0.02)
     assert rob <= float(tradeoff.tsipras_bound(std, p=p)) + 1e-6
     # The library's PGD finds the exact worst case of the linear model.
     from advjax.attacks.pgd import pgd
     from advjax.data.synthetic import UNBOUNDED
 
-    x, y = sample_tsipras(jax.random.PRNGKey(9), 500, dim=d, eta=eta, p=p)
-    y01 = (y > 0).astype(jnp.int32)
-    x_adv = pgd(
-        model.logits_fn,
-        x,
-        y01,
-        jax.random.PRNGKey(1),
-        norm="linf",
-        eps=2 * eta,
-        step_size=eta,
-        num_steps=5,
-        bounds=UNBOUNDED,
-    )
-    pgd_correct = jnp.argmax(model.logits_fn(x_adv), -1) == y01
-    exact_correct = tradeoff.linear_margins(jnp.asarray(w), b, x, y, eps=2 * eta) > 0
-    assert bool(jnp.all(pgd_correct == exact_correct))
+    @jax.jit
+    def correct():
+        x, y = sample_tsipras(jax.random.PRNGKey(9), 500, dim=d, eta=eta, p=p)
+        y01 = (y > 0).astype(jnp.int32)
+        x_adv = pgd(
+            model.logits_fn,
+            x,
+            y01,
+            jax.random.PRNGKey(1),
+            norm="linf",
+            eps=2 * eta,
+            step_size=eta,
+            num_steps=5,
+            bounds=UNBOUNDED,
+        )
+        pgd_correct = jnp.argmax(model.logits_fn(x_adv), -1) == y01
+        exact_correct = tradeoff.linear_margins(jnp.asarray(w), b, x, y, eps=2 * eta) > 0
+        return pgd_correct, exact_correct
+
+    pgd_correct, exact_correct = map(np.asarray, correct())
+    assert bool(np.all(pgd_correct == exact_correct))

@@ -35,20 +35,24 @@ def _linear_setup(objective_cfg, lr=0.1):
 
 def test_standard_step_is_one_sgd_step_on_the_cross_entropy():
     module, objective, tx, state, batch = _linear_setup({"name": "standard"}, lr=0.1)
-    step = training.make_train_step(module, objective, tx)
+    step = jax.jit(training.make_train_step(module, objective, tx))
     new_state, metrics = step(state, batch, jax.random.key(1))
 
     def ce(params):
         logits = module.apply({"params": params}, batch["x"])
         return jnp.mean(losses.cross_entropy(logits, batch["y"]))
 
-    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, jax.grad(ce)(state.params))
+    @jax.jit
+    def sgd_step(params):
+        return jax.tree.map(lambda p, g: p - 0.1 * g, params, jax.grad(ce)(params)), ce(params)
+
+    expected, loss = sgd_step(state.params)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
         new_state.params,
         expected,
     )
-    np.testing.assert_allclose(metrics["loss"], ce(state.params), rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-6)
     assert int(new_state.step) == 1
 
 
@@ -61,8 +65,14 @@ def test_pgd_at_with_zero_eps_equals_standard_training_loss():
         }
     )
     forward = training.make_forward(module, {}, jax.random.key(0))
-    loss_std, _ = standard.loss_fn(state.params, forward, batch, jax.random.key(2), None)
-    loss_adv, _ = pgd_at.loss_fn(state.params, forward, batch, jax.random.key(2), None)
+
+    @jax.jit
+    def loss_pair(params, key):
+        loss_std, _ = standard.loss_fn(params, forward, batch, key, None)
+        loss_adv, _ = pgd_at.loss_fn(params, forward, batch, key, None)
+        return loss_std, loss_adv
+
+    loss_std, loss_adv = loss_pair(state.params, jax.random.key(2))
     np.testing.assert_allclose(loss_adv, loss_std, rtol=1e-6)
 
 
@@ -80,10 +90,16 @@ def test_pgd_at_loss_is_the_loss_at_the_attack_point():
         }
     )
     forward = training.make_forward(module, {}, jax.random.key(0))
-    loss_adv, _ = pgd_at.loss_fn(state.params, forward, batch, jax.random.key(3), None)
-    # For a linear model the l_inf worst case of the CE cannot exceed moving every pixel by
-    # eps against the margin; and it must exceed the clean loss.
-    clean = jnp.mean(losses.cross_entropy(forward.eval(state.params, batch["x"]), batch["y"]))
+
+    @jax.jit
+    def loss_pair(params, key):
+        loss_adv, _ = pgd_at.loss_fn(params, forward, batch, key, None)
+        # For a linear model the l_inf worst case of the CE cannot exceed moving every pixel
+        # by eps against the margin; and it must exceed the clean loss.
+        clean = jnp.mean(losses.cross_entropy(forward.eval(params, batch["x"]), batch["y"]))
+        return loss_adv, clean
+
+    loss_adv, clean = loss_pair(state.params, jax.random.key(3))
     assert loss_adv > clean
 
 
@@ -151,7 +167,8 @@ def test_training_learns_and_writes_the_record(tmp_path):
     )
     model = runs.load_trained(str(tmp_path))
     ds = blob_images()
-    acc = np.mean(np.argmax(model.logits_fn(ds.test_x[:64]), -1) == ds.test_y[:64])
+    logits = np.asarray(jax.jit(model.logits_fn)(ds.test_x[:64]))
+    acc = np.mean(np.argmax(logits, -1) == ds.test_y[:64])
     assert acc == pytest.approx(report["eval"]["clean_accuracy"], abs=1e-6)
 
 
@@ -231,10 +248,14 @@ def test_divergence_guard_closed_form_thresholds():
     # A state is saved only if its parameters and its probe logits are finite.
     state = training.init_state(s, jax.random.key(0))
     guard.check_state(1, state)
-    huge = state.replace(params=jax.tree.map(lambda p: p + 3e37, state.params))
+    huge = state.replace(
+        params=jax.jit(lambda t: jax.tree.map(lambda p: p + 3e37, t))(state.params)
+    )
     with pytest.raises(training.TrainingDivergedError, match="non-finite logits"):
         guard.check_state(2, huge)
-    nan = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
+    nan = state.replace(
+        params=jax.jit(lambda t: jax.tree.map(lambda p: p * np.nan, t))(state.params)
+    )
     with pytest.raises(training.TrainingDivergedError, match="parameters of step 3 are not"):
         guard.check_state(3, nan)
 
@@ -254,7 +275,7 @@ def test_adam_at_1e6_stops_with_a_message_and_keeps_a_finite_checkpoint(tmp_path
     model = runs.load_trained(str(tmp_path))
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(model.variables))
     x = data.load_dataset(config.data).test_x[:100]
-    assert np.isfinite(np.asarray(model.logits_fn(x))).all()
+    assert np.isfinite(np.asarray(jax.jit(model.logits_fn)(x))).all()
 
 
 def _read_events(workdir) -> dict[str, dict[int, float]]:
