@@ -348,26 +348,13 @@ def predictors():
 def test_rfs_is_minus_one_for_background_and_plus_one_for_foreground(bar_domains, predictors):
     same = bar_domains["same"]
     key = jax.random.PRNGKey(0)
-    bg = sp.noise_accuracies(
-        _background_only,
-        same["x"],
-        same["y"],
-        same["mask"],
-        key,
-        sigma=0.5,
-        chunk_size=64,
-        predictors=predictors[_background_only],
-    )
-    fg = sp.noise_accuracies(
-        _foreground_only,
-        same["x"],
-        same["y"],
-        same["mask"],
-        key,
-        sigma=0.5,
-        chunk_size=64,
-        predictors=predictors[_foreground_only],
-    )
+    bg, fg = (
+        sp.noise_accuracies(
+            f, same["x"], same["y"], same["mask"], key, sigma=0.5, chunk_size=64,
+            predictors=predictors[f],
+        )
+        for f in (_background_only, _foreground_only)
+    )  # fmt: skip
     assert bg["clean"] == 1.0 and fg["clean"] == 1.0
     assert bg["fg_noise"] == 1.0 and bg["bg_noise"] < 1.0
     assert fg["bg_noise"] == 1.0 and fg["fg_noise"] < 1.0
